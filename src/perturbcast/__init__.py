@@ -1,0 +1,21 @@
+"""perturbcast: predict how single cells respond to perturbations; evaluate like cell-eval, fast."""
+
+from .data import Experiment, Split, make_split, read_experiment
+from .datasets import simulate
+from .errors import InputError
+from .eval import evaluate, vcc_score
+from .models import get_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Experiment",
+    "InputError",
+    "Split",
+    "evaluate",
+    "get_model",
+    "make_split",
+    "read_experiment",
+    "simulate",
+    "vcc_score",
+]

@@ -1,0 +1,17 @@
+"""Data layer: read + validate AnnData, preprocessing, perturbation labels, splits."""
+
+from .experiment import NO_CONTEXT, Experiment, read_experiment
+from .labels import components, is_combo, map_targets
+from .splits import Fold, Split, make_split
+
+__all__ = [
+    "NO_CONTEXT",
+    "Experiment",
+    "Fold",
+    "Split",
+    "components",
+    "is_combo",
+    "make_split",
+    "map_targets",
+    "read_experiment",
+]

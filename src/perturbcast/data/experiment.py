@@ -1,0 +1,335 @@
+"""An :class:`Experiment`: a validated, log1p-normalised AnnData plus the keys that describe it.
+
+Data flows one way: h5ad -> :func:`read_experiment` -> Experiment -> splits / models / eval.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import InputError, preview
+from . import validate
+from .labels import components, map_targets, single_vocabulary
+from .preprocess import Scale, detect_scale, highly_variable_genes, normalize_log1p
+
+NO_CONTEXT = "all"
+
+
+@dataclass
+class Experiment:
+    """A perturbation experiment ready for modelling.
+
+    ``adata.X`` holds log1p(total 1e4)-normalised float32 expression, except for backed files of
+    raw counts, which are normalised per block as rows are read (:meth:`rows`).
+
+    Attributes
+    ----------
+    adata : AnnData
+        Cells x genes; ``obs`` keeps the user's columns.
+    perturbation_key, control : str
+        obs column with perturbation labels and the label of control cells.
+    context_key, batch_key : str or None
+        Optional obs columns with the cell context (cell line / type) and batch.
+    separator : str
+        Joins the singles of a combination ('A+B').
+    input_scale : {'counts', 'log1p', 'normalized'}
+        What the file held before normalisation.
+    """
+
+    adata: ad.AnnData
+    perturbation_key: str
+    control: str
+    context_key: str | None = None
+    batch_key: str | None = None
+    separator: str = "+"
+    input_scale: Scale = "log1p"
+    normalize_on_read: bool = False
+    meta: dict = field(default_factory=dict)
+
+    # ---- labels ---------------------------------------------------------------------------
+    @property
+    def genes(self) -> np.ndarray:
+        return np.asarray(self.adata.var_names.astype(str))
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.adata.n_obs)
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.adata.n_vars)
+
+    @cached_property
+    def perturbations(self) -> np.ndarray:
+        """Perturbation label per cell, shape (n_cells,)."""
+        return self.adata.obs[self.perturbation_key].astype(str).to_numpy()
+
+    @cached_property
+    def contexts(self) -> np.ndarray:
+        """Context label per cell ('all' without a context key), shape (n_cells,)."""
+        if self.context_key is None:
+            return np.full(self.n_cells, NO_CONTEXT, dtype=object)
+        return self.adata.obs[self.context_key].astype(str).to_numpy()
+
+    @cached_property
+    def batches(self) -> np.ndarray | None:
+        if self.batch_key is None:
+            return None
+        return self.adata.obs[self.batch_key].astype(str).to_numpy()
+
+    @property
+    def is_control(self) -> np.ndarray:
+        return self.perturbations == self.control
+
+    def perturbation_names(self, include_control: bool = False) -> list[str]:
+        names = sorted(set(self.perturbations))
+        return names if include_control else [n for n in names if n != self.control]
+
+    def context_names(self) -> list[str]:
+        return sorted(set(self.contexts))
+
+    def components(self, label: str) -> tuple[str, ...]:
+        return components(label, self.separator, self.control)
+
+    def singles(self) -> list[str]:
+        """Sorted single perturbations present (combos split)."""
+        return single_vocabulary(self.perturbation_names(), self.separator, self.control)
+
+    def target_index(self, singles: Sequence[str] | None = None) -> dict[str, int]:
+        """Single perturbation -> index of its target among the measured genes (if measured)."""
+        return map_targets(self.singles() if singles is None else singles, self.genes)
+
+    def conditions(self, include_control: bool = False) -> pd.DataFrame:
+        """One row per (perturbation, context) with its number of cells."""
+        df = pd.DataFrame({"perturbation": self.perturbations, "context": self.contexts})
+        out = df.groupby(["perturbation", "context"]).size().rename("n_cells").reset_index()
+        if not include_control:
+            out = out[out.perturbation != self.control]
+        return out.sort_values(["context", "perturbation"]).reset_index(drop=True)
+
+    def index_of(self, perturbation: str, context: str | None = None) -> np.ndarray:
+        """Cell indices of a perturbation (in one context, or all)."""
+        mask = self.perturbations == perturbation
+        if context is not None:
+            mask &= self.contexts == context
+        return np.flatnonzero(mask)
+
+    # ---- expression ------------------------------------------------------------------------
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense float32 log1p-normalised expression of cells ``idx``, shape (len(idx), n_genes)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.adata.isbacked:
+            order = np.argsort(idx, kind="stable")
+            block = self.adata.X[idx[order]]
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            out = np.empty_like(block)
+            out[order] = block
+            block = out
+        else:
+            block = self.adata.X[idx]
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        if self.normalize_on_read:
+            block = normalize_log1p(block, self.input_scale)
+        return np.asarray(block, dtype=np.float32)
+
+    def iter_blocks(self, chunk: int = 8192):
+        """Yield (start, dense float32 block) over all cells in order."""
+        for start in range(0, self.n_cells, chunk):
+            yield start, self.rows(np.arange(start, min(start + chunk, self.n_cells)))
+
+    def group_means(
+        self, by: Sequence[str] = ("perturbation", "context"), mask: np.ndarray | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Mean log1p expression per group.
+
+        Parameters
+        ----------
+        by : subset of {'perturbation', 'context', 'batch'}
+        mask : bool array, shape (n_cells,), optional
+            Only these cells.
+
+        Returns
+        -------
+        keys : DataFrame, one row per group (columns ``by`` and ``n_cells``)
+        means : ndarray, shape (n_groups, n_genes), float64
+        """
+        cols = {
+            "perturbation": self.perturbations,
+            "context": self.contexts,
+            "batch": self.batches if self.batches is not None else np.full(self.n_cells, "all"),
+        }
+        df = pd.DataFrame({k: cols[k] for k in by})
+        keep = np.ones(self.n_cells, bool) if mask is None else np.asarray(mask, bool)
+        codes, uniques = pd.factorize(pd.MultiIndex.from_frame(df[keep]), sort=True)
+        cell_idx = np.flatnonzero(keep)
+        ind = sp.csr_matrix(
+            (np.ones(cell_idx.size), (codes, cell_idx)), shape=(len(uniques), self.n_cells)
+        )
+        sums = np.zeros((len(uniques), self.n_genes))
+        if self.adata.isbacked or self.normalize_on_read:
+            for start, block in self.iter_blocks():
+                sums += ind[:, start : start + block.shape[0]] @ block.astype(np.float64)
+        else:
+            x = self.adata.X
+            prod = ind @ (x.astype(np.float64) if sp.issparse(x) else np.asarray(x, np.float64))
+            sums = prod.toarray() if sp.issparse(prod) else np.asarray(prod)
+        n = np.asarray(ind.sum(axis=1)).ravel()
+        keys = pd.DataFrame(list(uniques), columns=list(by))
+        keys["n_cells"] = n.astype(int)
+        return keys, sums / n[:, None]
+
+    # ---- subsetting ------------------------------------------------------------------------
+    def subset(self, mask: np.ndarray) -> Experiment:
+        """A new Experiment on the selected cells (in-memory copy; backed stays a view)."""
+        mask = np.asarray(mask)
+        sub = self.adata[mask]
+        if not self.adata.isbacked:
+            sub = sub.copy()
+        return replace(self, adata=sub)
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_cells} cells x {self.n_genes} genes; "
+            f"{len(self.perturbation_names())} perturbations + control {self.control!r}; "
+            f"{len(self.context_names())} context(s); input {self.input_scale}"
+        )
+
+
+def read_experiment(
+    source: str | os.PathLike | ad.AnnData,
+    perturbation_key: str,
+    control: str,
+    context_key: str | None = None,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    backed: bool = False,
+    separator: str = "+",
+    min_cells: int = 3,
+    drop_small_groups: bool = False,
+    exclude: Sequence[str] = (),
+    n_top_genes: int | None = None,
+    input_scale: Scale | None = None,
+) -> Experiment:
+    """Read and validate an h5ad (or AnnData) into a log1p-normalised :class:`Experiment`.
+
+    Parameters
+    ----------
+    source : path to .h5ad, or an AnnData (not modified)
+    perturbation_key : obs column with perturbation labels ('A', 'A+B', control label)
+    control : label of control cells in ``perturbation_key``
+    context_key, batch_key : optional obs columns (cell line / cell type; batch)
+    layer : use ``adata.layers[layer]`` instead of ``X``
+    backed : open the file backed (rows read on demand) for files larger than memory
+    separator : joins singles of a combination
+    min_cells : fail when a (perturbation, context) group has fewer cells ...
+    drop_small_groups : ... unless this is set, which drops those cells instead
+    exclude : perturbation labels to drop before anything else (e.g. 'unassigned')
+    n_top_genes : keep only this many highly variable genes (targets always kept)
+    input_scale : override the detected scale ('counts', 'log1p', 'normalized')
+
+    Raises
+    ------
+    InputError
+        One line naming the problem and its fix.
+    """
+    adata = _open(source, backed)
+    obs = adata.obs
+    validate.check_obs_column(obs, perturbation_key, "--perturbation-key")
+    validate.check_obs_column(obs, context_key, "--context-key")
+    validate.check_obs_column(obs, batch_key, "--batch-key")
+    labels = obs[perturbation_key].astype(str).to_numpy()
+    validate.check_control(labels, control, perturbation_key)
+    validate.check_unique_names(adata)
+
+    keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
+    contexts = (
+        obs[context_key].astype(str).to_numpy()
+        if context_key
+        else np.full(adata.n_obs, NO_CONTEXT, dtype=object)
+    )
+    if drop_small_groups and min_cells > 1:
+        grp = pd.Series(1, index=pd.MultiIndex.from_arrays([labels, contexts])).groupby(
+            level=[0, 1]
+        ).transform("size").to_numpy()
+        keep &= grp >= min_cells
+        # control cells are never dropped for being few: they are reference, not a group
+        keep |= (labels == control) & ~np.isin(labels, list(exclude))
+    validate.check_group_sizes(labels[keep], contexts[keep], min_cells, perturbation_key)
+    if not keep.all():
+        adata = adata[keep]
+        if not adata.isbacked:
+            adata = adata.copy()
+
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputError(
+                f"layer {layer!r} not found; available layers: "
+                f"{preview(adata.layers.keys()) or '(none)'}. Omit --layer to use X."
+            )
+        if adata.isbacked:
+            raise InputError("layer= cannot be combined with backed=True; copy it into X first.")
+        adata = ad.AnnData(X=adata.layers[layer], obs=adata.obs, var=adata.var)
+    where = f"layer {layer!r}" if layer else "X"
+    validate.check_values(adata.X, where)
+
+    scale = input_scale or detect_scale(adata.X)
+    if input_scale not in (None, "counts", "log1p", "normalized"):
+        raise InputError(
+            f"input_scale {input_scale!r} is not one of counts, log1p, normalized."
+        )
+    exp = Experiment(
+        adata=adata,
+        perturbation_key=perturbation_key,
+        control=control,
+        context_key=context_key,
+        batch_key=batch_key,
+        separator=separator,
+        input_scale=scale,
+    )
+    if adata.isbacked:
+        exp.normalize_on_read = scale != "log1p"
+    else:
+        if adata.is_view:
+            adata = adata.copy()
+        adata.X = normalize_log1p(adata.X, scale)
+        exp.adata = adata
+    if n_top_genes is not None and n_top_genes < exp.n_genes:
+        exp = select_genes(exp, n_top_genes)
+    return exp
+
+
+def select_genes(exp: Experiment, n_top_genes: int) -> Experiment:
+    """Keep the ``n_top_genes`` most variable genes, always keeping measured targets."""
+    keep = np.zeros(exp.n_genes, dtype=bool)
+    keep[list(exp.target_index().values())] = True
+    if exp.adata.isbacked or exp.normalize_on_read:
+        sample = np.sort(np.random.default_rng(0).permutation(exp.n_cells)[:20000])
+        x = exp.rows(sample)
+    else:
+        x = exp.adata.X
+    idx = highly_variable_genes(x, n_top_genes, keep=keep)
+    sub = exp.adata[:, idx]
+    if not exp.adata.isbacked:
+        sub = sub.copy()
+    return replace(exp, adata=sub)
+
+
+def _open(source, backed: bool) -> ad.AnnData:
+    if isinstance(source, ad.AnnData):
+        return source.copy() if not source.isbacked else source
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise InputError(f"file not found: {path}; check the path passed to --data.")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a user input problem
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"could not read {path} as h5ad ({msg}); is it an AnnData file?") from exc

@@ -1,0 +1,242 @@
+"""Evaluate predicted vs real cells: every metric per perturbation, summary and VCC score.
+
+Numbers equal cell-eval 0.8.x on the same pred/real files (see tests/test_celleval_parity.py),
+computed natively and vectorised. The real side (pseudobulks, DE, energy distances) is computed
+once in a :class:`Reference` and reused for every model evaluated against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..data.preprocess import detect_scale
+from ..errors import InputError, preview
+from . import de_metrics, metrics
+from .de import DEResult, FdrMode, differential_expression
+
+LOWER_BETTER = ("mae", "mse", "mae_delta", "mse_delta")
+VCC_METRICS = ("mae", "discrimination_score_l1", "overlap_at_N")
+METRICS = (
+    "pearson_delta", "mae", "mse", "mae_delta", "mse_delta",
+    "discrimination_score_l1", "discrimination_score_l2", "discrimination_score_cosine",
+    "overlap_at_N", "overlap_at_50", "overlap_at_100", "overlap_at_200", "overlap_at_500",
+    "precision_at_N", "de_direction_match", "de_spearman_lfc_sig", "de_spearman_sig",
+    "de_sig_genes_recall", "pearson_edistance",
+)
+UNSCORED = ("de_nsig_counts_real", "de_nsig_counts_pred")
+
+
+def _log1p_matrix(adata: ad.AnnData, which: str):
+    """X as log1p; integer counts are normalised to the median library size (as cell-eval)."""
+    x = adata.X
+    if detect_scale(x) == "counts":
+        x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        target = np.median(totals)
+        f = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+        x = sp.csr_matrix(sp.diags(f) @ x) if sp.issparse(x) else x * f[:, None]
+        if sp.issparse(x):
+            x.data = np.log1p(x.data)
+        else:
+            x = np.log1p(x)
+    elif sp.issparse(x):
+        x = sp.csr_matrix(x)
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    if vals.size and (not np.isfinite(vals).all() or vals.min() < 0):
+        raise InputError(
+            f"{which} expression has NaN/Inf or negative values; expected log1p-normalised "
+            f"expression or raw counts."
+        )
+    return x
+
+
+def _group_means(x, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    code = {g: i for i, g in enumerate(groups)}
+    rows = np.array([code.get(lab, -1) for lab in labels])
+    keep = np.flatnonzero(rows >= 0)
+    ind = sp.csr_matrix((np.ones(keep.size), (rows[keep], keep)), shape=(len(groups), len(labels)))
+    sums = ind @ (x.astype(np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64))
+    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    return sums / np.asarray(ind.sum(1))
+
+
+def _cells(x, labels, groups) -> dict[str, np.ndarray]:
+    out = {}
+    for g in groups:
+        block = x[np.flatnonzero(labels == g)]
+        out[g] = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return out
+
+
+@dataclass
+class Reference:
+    """The real side of an evaluation, computed once.
+
+    Parameters
+    ----------
+    real : AnnData, real cells: perturbed cells plus control cells
+    perturbation_key, control : obs column and control label
+    fdr : 'per_perturbation' (cell-eval 0.8.x) or 'global'
+    """
+
+    real: ad.AnnData
+    perturbation_key: str
+    control: str
+    fdr: FdrMode = "per_perturbation"
+    epsilon: float = 0.0
+    x: object = field(init=False, repr=False)
+    labels: np.ndarray = field(init=False, repr=False)
+    perts: np.ndarray = field(init=False)
+    genes: np.ndarray = field(init=False, repr=False)
+    means: np.ndarray = field(init=False, repr=False)
+    ctrl_mean: np.ndarray = field(init=False, repr=False)
+    de: DEResult = field(init=False, repr=False)
+    _cells: dict | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.perturbation_key not in self.real.obs:
+            raise InputError(
+                f"obs column {self.perturbation_key!r} not found in the real data; columns: "
+                f"{preview(self.real.obs.columns)}."
+            )
+        self.labels = self.real.obs[self.perturbation_key].astype(str).to_numpy()
+        if self.control not in set(self.labels):
+            raise InputError(
+                f"control {self.control!r} not found in the real data's "
+                f"{self.perturbation_key!r}; cell-eval needs control cells in both files."
+            )
+        self.genes = np.asarray(self.real.var_names.astype(str))
+        self.x = _log1p_matrix(self.real, "real")
+        self.perts = np.array(sorted(set(self.labels) - {self.control}))
+        if self.perts.size == 0:
+            raise InputError("the real data has no perturbed cells to evaluate.")
+        means = _group_means(self.x, self.labels, np.r_[self.perts, [self.control]])
+        self.means, self.ctrl_mean = means[:-1], means[-1]
+        self.de = differential_expression(self.x, self.labels, self.control, self.genes,
+                                          fdr=self.fdr, perturbations=self.perts,
+                                          epsilon=self.epsilon)
+
+    def cells(self) -> dict[str, np.ndarray]:
+        if self._cells is None:
+            self._cells = _cells(self.x, self.labels, np.r_[self.perts, [self.control]])
+        return self._cells
+
+
+@dataclass
+class EvalResult:
+    """Per-perturbation metrics, their summary (mean over perturbations) and the DE tables."""
+
+    per_perturbation: pd.DataFrame
+    summary: dict[str, float]
+    de_real: DEResult
+    de_pred: DEResult
+
+    def score(self, baseline: EvalResult | dict, metric_names=VCC_METRICS) -> float:
+        return vcc_score(self.summary, baseline if isinstance(baseline, dict)
+                         else baseline.summary, metric_names)[0]
+
+
+def evaluate(
+    pred: ad.AnnData,
+    real: ad.AnnData | Reference,
+    perturbation_key: str | None = None,
+    control: str | None = None,
+    fdr: FdrMode = "per_perturbation",
+    edistance: bool = True,
+) -> EvalResult:
+    """Score predicted cells against real cells with cell-eval's metrics.
+
+    Parameters
+    ----------
+    pred, real : AnnData with the same genes; both hold the perturbed cells and control cells
+        (cell-eval convention); counts are log-normalised, log1p is used as is
+    real : or a :class:`Reference` built once and reused for several predictions
+    perturbation_key, control : obs column and control label (not needed with a Reference)
+    edistance : compute pearson_edistance (needs cell-level pairwise distances)
+
+    Returns
+    -------
+    EvalResult with ``per_perturbation`` (rows: perturbations, columns: metrics) and
+    ``summary`` (metric -> mean over perturbations; NaN propagates like cell-eval).
+    """
+    if not isinstance(real, Reference):
+        if perturbation_key is None or control is None:
+            raise InputError("evaluate() needs perturbation_key and control.")
+        real = Reference(real, perturbation_key, control, fdr)
+    key, ctrl = real.perturbation_key, real.control
+    if key not in pred.obs:
+        raise InputError(f"obs column {key!r} not found in the predictions.")
+    pred = _align_genes(pred, real.genes)
+    plabels = pred.obs[key].astype(str).to_numpy()
+    missing = sorted(set(real.perts) - set(plabels))
+    extra = sorted(set(plabels) - set(real.perts) - {ctrl})
+    if missing or extra or ctrl not in set(plabels):
+        what = (f"missing {preview(missing, 5)}" if missing else
+                f"unexpected {preview(extra, 5)}" if extra else f"no control {ctrl!r}")
+        raise InputError(f"predictions and real data differ in perturbations ({what}); "
+                         f"predict every real perturbation and include control cells.")
+    px = _log1p_matrix(pred, "predicted")
+    pm = _group_means(px, plabels, np.r_[real.perts, [ctrl]])
+    pair = metrics.PairArrays(real.perts, real.genes, real.means, pm[:-1], real.ctrl_mean, pm[-1])
+    de_pred = differential_expression(px, plabels, ctrl, real.genes, fdr=real.fdr,
+                                      perturbations=real.perts, epsilon=real.epsilon)
+    de_real = real.de
+    res: dict[str, dict[str, float]] = {
+        "pearson_delta": metrics.pearson_delta(pair),
+        "mae": metrics.mae(pair),
+        "mse": metrics.mse(pair),
+        "mae_delta": metrics.mae_delta(pair),
+        "mse_delta": metrics.mse_delta(pair),
+    }
+    for dist in ("l1", "l2", "cosine"):
+        res[f"discrimination_score_{dist}"] = metrics.discrimination_score(pair, dist)
+    for k in (None, 50, 100, 200, 500):
+        res[f"overlap_at_{k or 'N'}"] = de_metrics.overlap(de_real, de_pred, k, "overlap")
+    res["precision_at_N"] = de_metrics.overlap(de_real, de_pred, None, "precision")
+    res["de_direction_match"] = de_metrics.direction_match(de_real, de_pred)
+    res["de_spearman_lfc_sig"] = de_metrics.spearman_lfc_sig(de_real, de_pred)
+    spearman_sig = de_metrics.spearman_sig(de_real, de_pred)
+    res["de_spearman_sig"] = {str(p): spearman_sig for p in real.perts}
+    res["de_sig_genes_recall"] = de_metrics.sig_genes_recall(de_real, de_pred)
+    if edistance:
+        rc = real.cells()
+        pc = _cells(px, plabels, np.r_[real.perts, [ctrl]])
+        e = metrics.pearson_edistance(rc, pc, real.perts, rc[ctrl], pc[ctrl])
+        res["pearson_edistance"] = {str(p): e for p in real.perts}
+    res["de_nsig_counts_real"], res["de_nsig_counts_pred"] = de_metrics.nsig_counts(de_real,
+                                                                                      de_pred)
+    table = pd.DataFrame({m: pd.Series(v, dtype=float) for m, v in res.items()})
+    table = table.reindex(real.perts.astype(str))
+    table.index.name = "perturbation"
+    summary = {m: (float(np.mean(list(v.values()))) if v else float("nan")) for m, v in res.items()}
+    return EvalResult(table, summary, de_real, de_pred)
+
+
+def _align_genes(pred: ad.AnnData, genes: np.ndarray) -> ad.AnnData:
+    pg = np.asarray(pred.var_names.astype(str))
+    if pg.shape == genes.shape and (pg == genes).all():
+        return pred
+    if set(pg) >= set(genes):
+        return pred[:, list(genes)]
+    miss = sorted(set(genes) - set(pg))
+    raise InputError(f"predictions lack {len(miss)} real genes ({preview(miss, 5)}); predict "
+                     f"on the same genes as the real data.")
+
+
+def vcc_score(user: dict, base: dict, metric_names=VCC_METRICS) -> tuple[float, dict[str, float]]:
+    """VCC score: each metric normalised against the baseline, NaN -> 0, clipped at 0, averaged.
+
+    Lower-is-better metrics: 1 - user/base; higher-is-better: (user - base) / (1 - base).
+    """
+    parts = {}
+    for m in metric_names:
+        u, b = float(user[m]), float(base[m])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = 1.0 - np.float64(u) / b if m in LOWER_BETTER else (np.float64(u) - b) / (1.0 - b)
+        parts[m] = float(max(0.0, 0.0 if np.isnan(v) else v))
+    return float(np.mean(list(parts.values()))), parts

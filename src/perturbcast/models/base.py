@@ -1,0 +1,204 @@
+"""The one interface every model follows: fit on training cells, predict cell-level AnnData.
+
+A model is fitted on an :class:`~perturbcast.data.Experiment` (optionally a mask of training
+cells) and predicts, for (perturbation, context) pairs, cells built from the control cells of
+that context in any experiment with the same genes. Saved models carry their config, gene list
+and perturbation vocabulary, so they can be applied to a new file without guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..data.experiment import Experiment
+from ..errors import InputError, preview
+from ..utils import atomic_path
+
+Condition = tuple[str, str]
+FORMAT_VERSION = 1
+
+
+class PerturbationModel(ABC):
+    """Base class: subclasses implement :meth:`_fit` and :meth:`_predict_cells`.
+
+    Parameters
+    ----------
+    seed : int
+        Seed for every random choice (control-cell sampling, training).
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        self.seed = seed
+        self.params = params
+        self.genes: np.ndarray | None = None
+        self.vocabulary: list[str] = []
+        self.contexts: list[str] = []
+        self.keys: dict[str, Any] = {}
+
+    # ---- public API --------------------------------------------------------------------------
+    def fit(self, exp: Experiment, train_mask: np.ndarray | None = None) -> PerturbationModel:
+        """Fit on the cells of ``exp`` selected by ``train_mask`` (default: all cells)."""
+        mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
+        if not (mask & exp.is_control).any():
+            raise InputError("training cells contain no control cells; keep controls in training.")
+        self.genes = exp.genes.copy()
+        self.vocabulary = sorted(set(exp.perturbations[mask]) - {exp.control})
+        self.contexts = sorted(set(exp.contexts[mask]))
+        self.keys = {"perturbation_key": exp.perturbation_key, "control": exp.control,
+                     "context_key": exp.context_key, "batch_key": exp.batch_key,
+                     "separator": exp.separator}
+        self._fit(exp, mask)
+        return self
+
+    def predict(
+        self,
+        exp: Experiment,
+        conditions: Iterable[Condition] | pd.DataFrame,
+        n_cells: int | Mapping[Condition, int] = 100,
+        include_controls: bool = False,
+    ) -> ad.AnnData:
+        """Predict cells for each (perturbation, context) from that context's control cells.
+
+        Parameters
+        ----------
+        exp : Experiment holding control cells for every requested context (same genes)
+        conditions : (perturbation, context) pairs, or a DataFrame with those columns
+            (and optionally ``n_cells``)
+        n_cells : cells per condition (int), or a mapping condition -> count
+        include_controls : append the contexts' real control cells (cell-eval convention)
+
+        Returns
+        -------
+        AnnData, shape (sum of n_cells, n_genes): X float32 log1p expression, obs with the
+        perturbation column (``perturbation_key``) and ``context`` (plus ``context_key``).
+        """
+        self._check_fitted()
+        conds, counts = _parse_conditions(conditions, n_cells)
+        gene_idx = self._gene_index(exp)
+        ctrl = exp.is_control
+        blocks, labels, ctxs = [], [], []
+        for (pert, ctx), n in zip(conds, counts, strict=True):
+            pool = np.flatnonzero(ctrl & (exp.contexts == ctx))
+            if pool.size == 0:
+                raise InputError(
+                    f"no control cells for context {ctx!r} in the input; contexts with "
+                    f"controls: {preview(sorted(set(exp.contexts[ctrl])))}."
+                )
+            rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
+            pick = rng.choice(pool, n, replace=n > pool.size)
+            x_ctrl = exp.rows(np.sort(pick))[:, gene_idx]
+            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool)
+            blocks.append(np.clip(pred, 0.0, None).astype(np.float32))
+            labels += [pert] * n
+            ctxs += [ctx] * n
+        if include_controls:
+            for ctx in sorted(set(c for _, c in conds)):
+                pool = np.flatnonzero(ctrl & (exp.contexts == ctx))
+                blocks.append(exp.rows(pool)[:, gene_idx])
+                labels += [exp.control] * pool.size
+                ctxs += [ctx] * pool.size
+        x = np.concatenate(blocks) if blocks else np.zeros((0, len(self.genes)), np.float32)
+        obs = pd.DataFrame({self.keys["perturbation_key"]: labels, "context": ctxs})
+        ckey = self.keys.get("context_key")
+        if ckey and ckey not in obs:
+            obs[ckey] = ctxs
+        obs.index = [f"pred{i}" for i in range(len(obs))]
+        out = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=self.genes.astype(str)))
+        out.uns["perturbcast"] = {"model": self.name, "seed": self.seed}
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to a directory (config.json + state.npz), atomically."""
+        self._check_fitted()
+        path = Path(path)
+        with atomic_path(path, is_dir=True) as tmp:
+            config = {"format_version": FORMAT_VERSION, "model": self.name, "seed": self.seed,
+                      "params": self.params, "genes": self.genes.tolist(),
+                      "vocabulary": self.vocabulary, "contexts": self.contexts, "keys": self.keys}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            np.savez(tmp / "state.npz", **self._state())
+            self._save_extra(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PerturbationModel:
+        """Load any saved model (the class is read from its config)."""
+        from . import get_model_class
+
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise InputError(f"{path} is not a saved perturbcast model (no config.json).")
+        config = json.loads(cfg_file.read_text())
+        model_cls = get_model_class(config["model"])
+        model = model_cls(seed=config["seed"], **config["params"])
+        model.genes = np.asarray(config["genes"], dtype=object)
+        model.vocabulary = list(config["vocabulary"])
+        model.contexts = list(config["contexts"])
+        model.keys = dict(config["keys"])
+        with np.load(path / "state.npz", allow_pickle=True) as state:
+            model._set_state({k: state[k] for k in state.files})
+        model._load_extra(path)
+        return model
+
+    # ---- for subclasses ------------------------------------------------------------------------
+    @abstractmethod
+    def _fit(self, exp: Experiment, mask: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _predict_cells(
+        self, x_ctrl: np.ndarray, perturbation: str, context: str, exp: Experiment,
+        ctrl_pool: np.ndarray,
+    ) -> np.ndarray:
+        """Predicted cells, shape (n, n_genes), from sampled controls ``x_ctrl`` (n, n_genes)."""
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        return None
+
+    def _save_extra(self, directory: Path) -> None:
+        return None
+
+    def _load_extra(self, directory: Path) -> None:
+        return None
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.genes is None:
+            raise InputError(f"model {self.name!r} is not fitted; call fit() or load() first.")
+
+    def _gene_index(self, exp: Experiment) -> np.ndarray:
+        pos = {g: i for i, g in enumerate(exp.genes)}
+        missing = [g for g in self.genes if g not in pos]
+        if missing:
+            raise InputError(
+                f"{len(missing)} of the model's {len(self.genes)} genes are missing from the "
+                f"input ({preview(missing, 5)}); use a file measured on the same genes."
+            )
+        return np.asarray([pos[g] for g in self.genes])
+
+
+def _parse_conditions(conditions, n_cells) -> tuple[list[Condition], list[int]]:
+    if isinstance(conditions, pd.DataFrame):
+        conds = [(str(p), str(c)) for p, c in conditions[["perturbation", "context"]].to_numpy()]
+        if "n_cells" in conditions and not isinstance(n_cells, Mapping):
+            return conds, [int(n) for n in conditions["n_cells"]]
+    else:
+        conds = [(str(p), str(c)) for p, c in conditions]
+    if isinstance(n_cells, Mapping):
+        return conds, [int(n_cells[c]) for c in conds]
+    return conds, [int(n_cells)] * len(conds)
