@@ -60,7 +60,7 @@ def check_values(x, where: str, chunk: int = 8192) -> None:
         if vals.size == 0:
             continue
         if not np.all(np.isfinite(vals)):
-            row = start + _first_bad_row(block, ~np.isfinite)
+            row = start + _first_bad_row(block, lambda v: ~np.isfinite(v))
             raise InputError(
                 f"{where} contains NaN or Inf (first at cell index {row}); "
                 f"remove or impute those values before loading."

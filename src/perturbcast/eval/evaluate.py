@@ -34,11 +34,12 @@ UNSCORED = ("de_nsig_counts_real", "de_nsig_counts_pred")
 def _log1p_matrix(adata: ad.AnnData, which: str):
     """X as log1p; integer counts are normalised to the median library size (as cell-eval)."""
     x = adata.X
-    if detect_scale(x) == "counts":
-        x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
-        totals = np.asarray(x.sum(axis=1)).ravel()
+    if detect_scale(x) == "counts":  # float32, as scanpy.pp.normalize_total + log1p
+        x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, np.float32)
+        totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
         target = np.median(totals)
         f = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+        f = f.astype(np.float32)
         x = sp.csr_matrix(sp.diags(f) @ x) if sp.issparse(x) else x * f[:, None]
         if sp.issparse(x):
             x.data = np.log1p(x.data)
