@@ -34,8 +34,13 @@ class BenchmarkResult:
     timings: dict[str, float]
 
     def best_baseline(self) -> str | None:
-        base = self.summary[self.summary.model.isin(BASELINES)]
-        return None if base.empty else str(base.sort_values("score").model.iloc[-1])
+        base = self.summary[self.summary.model.isin(BASELINES)].assign(
+            is_ref=lambda d: d.model == REFERENCE_MODEL,
+            pd_=lambda d: d.pearson_delta.fillna(-np.inf))
+        if base.empty:
+            return None
+        # ties on the score (e.g. nobody beats cell_mean): the reference, then pearson_delta
+        return str(base.sort_values(["score", "is_ref", "pd_"]).model.iloc[-1])
 
 
 def _real_adata(exp: Experiment, mask: np.ndarray) -> ad.AnnData:

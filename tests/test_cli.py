@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from perturbcast.cli import main
+from perturbcast.eval import METRICS
+from perturbcast.models import BASELINES
+
+
+def run(args, capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def sim_file(tmp_path_factory, sim_adata):
+    path = tmp_path_factory.mktemp("data") / "sim.h5ad"
+    a = sim_adata.copy()
+    del a.uns["true_effects"]
+    a.write_h5ad(path)
+    return path
+
+
+def test_demo_writes_report(tmp_path, capsys):
+    code, out, err = run(["demo", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "demo" / "summary.csv")
+    assert set(BASELINES) <= set(summary.model)
+    for f in ("per_perturbation.csv", "scores.png", "report.md", "split.json"):
+        assert (tmp_path / "demo" / f).stat().st_size > 0
+    assert "best baseline" in out
+
+
+def test_benchmark_outputs(tmp_path, sim_file, capsys):
+    args = ["benchmark", "--data", str(sim_file), "--perturbation-key", "perturbation",
+            "--control", "control", "--context-key", "context", "--split", "combo",
+            "--n-folds", "2", "--models", "additive,linear", "--out", str(tmp_path / "b")]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "b" / "summary.csv")
+    assert list(summary.columns) == ["model", *METRICS, "score"]
+    assert list(summary.model) == ["cell_mean", "additive", "linear"]
+    assert (summary.loc[summary.model == "cell_mean", "score"] == 0).all()
+    per = pd.read_csv(tmp_path / "b" / "per_perturbation.csv")
+    assert {"model", "fold", "context", "perturbation"} <= set(per.columns)
+    assert per.perturbation.str.contains(r"\+").all()
+    # the split used is saved and can be passed back in
+    code, _, err = run(args[:-2] + ["--split", str(tmp_path / "b" / "split.json"), "--out",
+                                     str(tmp_path / "b2")], capsys)
+    assert code == 0, err
+    pd.testing.assert_frame_equal(summary, pd.read_csv(tmp_path / "b2" / "summary.csv"))
+
+
+def test_train_predict_evaluate(tmp_path, sim_file, capsys):
+    split = tmp_path / "split.json"
+    base = ["--data", str(sim_file), "--perturbation-key", "perturbation", "--control",
+            "control", "--context-key", "context"]
+    assert run(["split", *base, "--out", str(split), "--n-folds", "3"], capsys)[0] == 0
+    fold = json.loads(split.read_text())["folds"][0]
+    code, _, err = run(["train", *base, "--model", "additive", "--split", str(split),
+                        "--fold", "0", "--out", str(tmp_path / "model")], capsys)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["model"] == "additive" and len(cfg["genes"]) == 80
+    assert set(cfg["vocabulary"]) == {p for p, _ in fold["train"]}
+    test_perts = sorted({p for p, _ in fold["test"]})
+    code, _, err = run(["predict", "--model", str(tmp_path / "model"), "--data", str(sim_file),
+                        "--perturbations", ",".join(test_perts), "--contexts", "ctx0",
+                        "--n-cells", "30", "--include-controls", "--out",
+                        str(tmp_path / "pred.h5ad")], capsys)
+    assert code == 0, err
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert set(pred.obs.perturbation) == {*test_perts, "control"}
+    assert list(pred.var_names) == cfg["genes"]
+    real = ad.read_h5ad(sim_file)
+    keep = real.obs.perturbation.isin([*test_perts, "control"]) & (real.obs.context == "ctx0")
+    real[keep.to_numpy()].copy().write_h5ad(tmp_path / "real.h5ad")
+    code, out, err = run(["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real",
+                          str(tmp_path / "real.h5ad"), "--perturbation-key", "perturbation",
+                          "--control", "control", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert set(METRICS) <= set(summary) and np.isfinite(summary["pearson_delta"])
+    per = pd.read_csv(tmp_path / "ev" / "per_perturbation.csv")
+    assert sorted(per.perturbation) == test_perts
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, sim_file, capsys):
+    out_dir = tmp_path / "never"
+    code, out, err = run(["benchmark", "--data", str(sim_file), "--perturbation-key",
+                          "perturbaton", "--control", "control", "--out", str(out_dir)], capsys)
+    assert code == 2
+    msg = " ".join(err.split())
+    assert "obs column 'perturbaton' not found" in msg and "Traceback" not in err
+    assert not out_dir.exists()  # nothing written on failure
+    code, _, err = run(["benchmark", "--data", str(sim_file), "--perturbation-key",
+                        "perturbation", "--control", "ctrl", "--out", str(out_dir)], capsys)
+    assert code == 2 and "Did you mean: 'control'" in " ".join(err.split())
+    code, _, err = run(["benchmark", "--data", str(tmp_path / "x.h5ad"), "--perturbation-key",
+                        "p", "--control", "c", "--out", str(out_dir)], capsys)
+    assert code == 2 and "file not found" in err
+    code, _, err = run(["train", "--data", str(sim_file), "--perturbation-key", "perturbation",
+                        "--control", "control", "--model", "nope", "--out",
+                        str(tmp_path / "m")], capsys)
+    assert code == 2 and "unknown model 'nope'" in err and not (tmp_path / "m").exists()
+
+
+def test_console_script_installed():
+    res = subprocess.run([sys.executable, "-m", "perturbcast.cli", "--help"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0
+    for cmd in ("demo", "benchmark", "train", "predict", "evaluate"):
+        assert cmd in res.stdout
+
+
+def test_all_four_real_tasks(tmp_path, shared_data, capsys):
+    from perturbcast.datasets.tasks import TASKS
+
+    for name, task in TASKS.items():
+        out_dir = tmp_path / name
+        code, out, err = run(["benchmark", "--task", name, "--data",
+                              str(shared_data / task.filename), "--out", str(out_dir)], capsys)
+        assert code == 0, err
+        summary = pd.read_csv(out_dir / "summary.csv")
+        assert set(summary.model) == set(BASELINES)
+        assert summary[["mae", "score", "discrimination_score_l1"]].notna().all().all()
+        # a zero predicted delta has no correlation: only the control baseline may be NaN
+        learned = summary[summary.model != "control"]
+        assert learned.pearson_delta.notna().all(), name
