@@ -57,13 +57,15 @@ def _log1p_matrix(adata: ad.AnnData, which: str):
 
 
 def _group_means(x, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    code = {g: i for i, g in enumerate(groups)}
-    rows = np.array([code.get(lab, -1) for lab in labels])
-    keep = np.flatnonzero(rows >= 0)
-    ind = sp.csr_matrix((np.ones(keep.size), (rows[keep], keep)), shape=(len(groups), len(labels)))
-    sums = ind @ (x.astype(np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64))
-    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
-    return sums / np.asarray(ind.sum(1))
+    """Mean of the rows of each group (float64), shape (len(groups), n_genes)."""
+    codes, uniques = pd.factorize(labels)
+    code_of = {u: i for i, u in enumerate(uniques)}
+    out = np.zeros((len(groups), x.shape[1]))
+    for i, g in enumerate(groups):
+        block = x[np.flatnonzero(codes == code_of.get(g, -2))]
+        out[i] = (np.asarray(block.mean(axis=0, dtype=np.float64)).ravel() if block.shape[0]
+                  else np.nan)
+    return out
 
 
 def _cells(x, labels, groups) -> dict[str, np.ndarray]:

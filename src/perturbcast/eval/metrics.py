@@ -101,22 +101,24 @@ def discrimination_score(d: PairArrays, metric: str = "l1") -> dict[str, float]:
     return _as_dict(d.perts, out)
 
 
-def _mean_pairwise(a: np.ndarray, b: np.ndarray | None = None) -> float:
+def _mean_pairwise(a: torch.Tensor, b: torch.Tensor | None, float32: bool) -> float:
     """Mean Euclidean distance over all pairs (``a`` with itself when ``b`` is None, diagonal 0).
 
-    Like scikit-learn (which cell-eval uses), float32 input gives float32 distances averaged in
-    float32; distances are computed in float64 first.
+    Like scikit-learn (which cell-eval uses), float32 data gives float32 distances averaged in
+    float32 (``float32=True``); distances are computed in float64 first.
     """
-    out_dtype = np.float32 if a.dtype == np.float32 else np.float64
-    ta = torch.from_numpy(np.asarray(a, dtype=np.float64))
     if b is None:
         if a.shape[0] < 2:
             return 0.0
-        dist = torch.cdist(ta, ta)
+        dist = torch.cdist(a, a)
         dist.fill_diagonal_(0.0)
     else:
-        dist = torch.cdist(ta, torch.from_numpy(np.asarray(b, dtype=np.float64)))
-    return float(dist.numpy().astype(out_dtype, copy=False).mean())
+        dist = torch.cdist(a, b)
+    return float(dist.numpy().astype(np.float32 if float32 else np.float64, copy=False).mean())
+
+
+def _t64(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
 
 
 def pearson_edistance(
@@ -128,11 +130,13 @@ def pearson_edistance(
     E(X, C) = 2 mean d(X, C) - mean d(X, X) - mean d(C, C), Euclidean, on cells.
     """
     def edist(cells: dict[str, np.ndarray], ctrl: np.ndarray) -> np.ndarray:
-        sigma_c = _mean_pairwise(ctrl)
+        f32 = np.asarray(ctrl).dtype == np.float32
+        c = _t64(ctrl)
+        sigma_c = _mean_pairwise(c, None, f32)
         out = np.zeros(perts.size)
         for i, p in enumerate(perts):
-            x = cells[p]
-            out[i] = 2 * _mean_pairwise(x, ctrl) - _mean_pairwise(x) - sigma_c
+            x = _t64(cells[p])
+            out[i] = 2 * _mean_pairwise(x, c, f32) - _mean_pairwise(x, None, f32) - sigma_c
         return out
 
     er, ep = edist(real_cells, ctrl_real), edist(pred_cells, ctrl_pred)
