@@ -148,6 +148,13 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def group_indices(labels: np.ndarray, groups) -> list[np.ndarray]:
+    """Row indices of each of ``groups`` in ``labels`` (empty for an absent group)."""
+    codes, uniques = pd.factorize(np.asarray(labels))
+    code_of = {u: i for i, u in enumerate(uniques)}
+    return [np.flatnonzero(codes == code_of.get(g, -2)) for g in groups]
+
+
 def differential_expression(
     x,
     labels: np.ndarray,
@@ -171,15 +178,14 @@ def differential_expression(
     labels = np.asarray(labels).astype(str)
     if perturbations is None:
         perturbations = np.array(sorted(set(labels) - {control}))
-    ref = _dense(x[np.flatnonzero(labels == control)])
+    *group_idx, ref_idx = group_indices(labels, [*perturbations, control])
+    ref = _dense(x[ref_idx])
     ref_mean = np.expm1(ref.mean(axis=0, dtype=np.float64))
     ranked = RankedReference(ref)
-    codes, uniques = pd.factorize(labels)
-    code_of = {u: i for i, u in enumerate(uniques)}
     n_p, n_g = len(perturbations), ref.shape[1]
     lfc, pv, stat, tmean = (np.zeros((n_p, n_g)) for _ in range(4))
-    for i, pert in enumerate(perturbations):
-        grp = _dense(x[np.flatnonzero(codes == code_of.get(pert, -2))])
+    for i, idx in enumerate(group_idx):
+        grp = _dense(x[idx])
         tmean[i] = np.expm1(grp.mean(axis=0, dtype=np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
             lfc[i] = np.log2((tmean[i] + epsilon) / (ref_mean + epsilon))

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from ..data.preprocess import detect_scale
 from ..errors import InputError, preview
 from . import de_metrics, metrics
-from .de import DEResult, FdrMode, differential_expression
+from .de import DEResult, FdrMode, differential_expression, group_indices
 
 LOWER_BETTER = ("mae", "mse", "mae_delta", "mse_delta")
 VCC_METRICS = ("mae", "discrimination_score_l1", "overlap_at_N")
@@ -56,22 +56,20 @@ def _log1p_matrix(adata: ad.AnnData, which: str):
     return x
 
 
-def _group_means(x, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Mean of the rows of each group (float64), shape (len(groups), n_genes)."""
-    codes, uniques = pd.factorize(labels)
-    code_of = {u: i for i, u in enumerate(uniques)}
-    out = np.zeros((len(groups), x.shape[1]))
-    for i, g in enumerate(groups):
-        block = x[np.flatnonzero(codes == code_of.get(g, -2))]
-        out[i] = (np.asarray(block.mean(axis=0, dtype=np.float64)).ravel() if block.shape[0]
-                  else np.nan)
+def _group_means(x, index: list[np.ndarray]) -> np.ndarray:
+    """Mean (float64) of the rows of each group, shape (len(index), n_genes)."""
+    out = np.full((len(index), x.shape[1]), np.nan)
+    for i, idx in enumerate(index):
+        if idx.size:
+            out[i] = np.asarray(x[idx].mean(axis=0, dtype=np.float64)).ravel()
     return out
 
 
-def _cells(x, labels, groups) -> dict[str, np.ndarray]:
+def _cells(x, groups, index: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense cells of each group, keyed by group name."""
     out = {}
-    for g in groups:
-        block = x[np.flatnonzero(labels == g)]
+    for g, idx in zip(groups, index, strict=True):
+        block = x[idx]
         out[g] = block.toarray() if sp.issparse(block) else np.asarray(block)
     return out
 
@@ -96,6 +94,8 @@ class Reference:
     labels: np.ndarray = field(init=False, repr=False)
     perts: np.ndarray = field(init=False)
     genes: np.ndarray = field(init=False, repr=False)
+    groups: np.ndarray = field(init=False, repr=False)
+    index: list = field(init=False, repr=False)
     means: np.ndarray = field(init=False, repr=False)
     ctrl_mean: np.ndarray = field(init=False, repr=False)
     de: DEResult = field(init=False, repr=False)
@@ -118,7 +118,9 @@ class Reference:
         self.perts = np.array(sorted(set(self.labels) - {self.control}))
         if self.perts.size == 0:
             raise InputError("the real data has no perturbed cells to evaluate.")
-        means = _group_means(self.x, self.labels, np.r_[self.perts, [self.control]])
+        self.groups = np.r_[self.perts, [self.control]]
+        self.index = group_indices(self.labels, self.groups)
+        means = _group_means(self.x, self.index)
         self.means, self.ctrl_mean = means[:-1], means[-1]
         self.de = differential_expression(self.x, self.labels, self.control, self.genes,
                                           fdr=self.fdr, perturbations=self.perts,
@@ -126,7 +128,7 @@ class Reference:
 
     def cells(self) -> dict[str, np.ndarray]:
         if self._cells is None:
-            self._cells = _cells(self.x, self.labels, np.r_[self.perts, [self.control]])
+            self._cells = _cells(self.x, self.groups, self.index)
         return self._cells
 
 
@@ -184,7 +186,8 @@ def evaluate(
         raise InputError(f"predictions and real data differ in perturbations ({what}); "
                          f"predict every real perturbation and include control cells.")
     px = _log1p_matrix(pred, "predicted")
-    pm = _group_means(px, plabels, np.r_[real.perts, [ctrl]])
+    pindex = group_indices(plabels, real.groups)
+    pm = _group_means(px, pindex)
     pair = metrics.PairArrays(real.perts, real.genes, real.means, pm[:-1], real.ctrl_mean, pm[-1])
     de_pred = differential_expression(px, plabels, ctrl, real.genes, fdr=real.fdr,
                                       perturbations=real.perts, epsilon=real.epsilon)
@@ -208,7 +211,7 @@ def evaluate(
     res["de_sig_genes_recall"] = de_metrics.sig_genes_recall(de_real, de_pred)
     if edistance:
         rc = real.cells()
-        pc = _cells(px, plabels, np.r_[real.perts, [ctrl]])
+        pc = _cells(px, real.groups, pindex)
         e = metrics.pearson_edistance(rc, pc, real.perts, rc[ctrl], pc[ctrl])
         res["pearson_edistance"] = {str(p): e for p in real.perts}
     res["de_nsig_counts_real"], res["de_nsig_counts_pred"] = de_metrics.nsig_counts(de_real,
