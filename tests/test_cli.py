@@ -138,3 +138,37 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
         # a zero predicted delta has no correlation: only the control baseline may be NaN
         learned = summary[summary.model != "control"]
         assert learned.pearson_delta.notna().all(), name
+
+
+TINY_PARAMS = ["--param", "dim=32", "--param", "depth=1", "--param", "n_heads=2",
+               "--param", "max_steps=40", "--param", "set_size=16", "--param", "n_latent=8"]
+
+
+def test_set_models_through_the_cli(tmp_path, sim_file, capsys):
+    """train --model flow|transition with --param, predict from the saved folder, and
+    benchmark --models flow,transition beside the baselines."""
+    base = ["--data", str(sim_file), "--perturbation-key", "perturbation", "--control",
+            "control", "--context-key", "context"]
+    for name in ("flow", "transition"):
+        code, _, err = run(["train", *base, "--model", name, *TINY_PARAMS,
+                            "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        assert cfg["model"] == name and cfg["params"]["max_steps"] == 40
+        pert = cfg["vocabulary"][0]
+        code, _, err = run(["predict", "--model", str(tmp_path / name), "--data",
+                            str(sim_file), "--perturbations", pert, "--contexts", "ctx1",
+                            "--n-cells", "25", "--out", str(tmp_path / f"{name}.h5ad")], capsys)
+        assert code == 0, err
+        assert ad.read_h5ad(tmp_path / f"{name}.h5ad").shape == (25, 80)
+    code, out, err = run(["benchmark", *base, "--split", "combo", "--n-folds", "2",
+                          "--models", "additive,flow,transition", *TINY_PARAMS,
+                          "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "b" / "summary.csv")
+    assert list(summary.model) == ["cell_mean", "additive", "flow", "transition"]
+    assert summary[["score", "pearson_delta"]].notna().all().all()
+    code, _, err = run(["train", *base, "--model", "flow", "--param", "max_step=3",
+                        "--out", str(tmp_path / "never")], capsys)
+    assert code == 2 and "max_step" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()

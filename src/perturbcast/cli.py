@@ -27,6 +27,9 @@ BatchKey = Annotated[str | None, typer.Option("--batch-key", help="obs column of
 Layer = Annotated[str | None, typer.Option("--layer", help="Use this layer instead of X.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Backed = Annotated[bool, typer.Option("--backed", help="Read the file backed (out of core).")]
+Params = Annotated[list[str] | None, typer.Option(
+    "--param", help="Model parameter KEY=VALUE (repeatable), e.g. --param max_steps=500 "
+    "--param embeddings=genes.csv; flow/transition parameters: see the README.")]
 MinCells = Annotated[int, typer.Option("--min-cells", help="Smallest allowed group.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
@@ -105,8 +108,11 @@ def benchmark(
     seed: Seed = 0,
     min_cells: MinCells = 3,
     drop_small_groups: DropSmall = False,
+    param: Params = None,
 ) -> None:
-    """Run models over all folds; write summary.csv and per_perturbation.csv."""
+    """Run models over all folds; write summary.csv and per_perturbation.csv.
+
+    --param values apply to the non-baseline models (flow, transition)."""
     from .benchmark import run_benchmark
     from .data import Split, make_split
     from .datasets.tasks import load_task
@@ -123,7 +129,11 @@ def benchmark(
         sp = (Split.from_json(split) if split.endswith(".json")
               else make_split(exp, split, n_folds=n_folds, seed=seed))
     err.print(f"{exp.describe()}; {len(sp.folds)} fold(s)")
-    result = run_benchmark(exp, sp, names, seed=seed, fdr=fdr)
+    from .models import BASELINES
+
+    params = _parse_params(param)
+    result = run_benchmark(exp, sp, names, seed=seed, fdr=fdr,
+                           model_params={n: params for n in names if n not in BASELINES})
     out_dir.mkdir(parents=True, exist_ok=True)
     sp.to_json(out_dir / "split.json")
     _finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()])
@@ -154,7 +164,7 @@ def train(
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
-    seed: Seed = 0, backed: Backed = False,
+    seed: Seed = 0, backed: Backed = False, param: Params = None,
 ) -> None:
     """Fit a model (on a fold's training cells, or all cells) and save it."""
     from .data import Split
@@ -171,7 +181,7 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed).fit(exp, mask)
+    m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
     m.save(out_dir)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
@@ -270,3 +280,17 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _parse_params(items: list[str] | None) -> dict:
+    """['a=1', 'b=x.csv'] -> {'a': 1, 'b': 'x.csv'} (values read as JSON when they parse)."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--param {item!r} is not KEY=VALUE; e.g. --param max_steps=500.")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

@@ -12,6 +12,7 @@ from .baselines import (
     LinearBaseline,
     PerturbationMeanBaseline,
 )
+from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
     m.name: m
@@ -19,6 +20,7 @@ MODELS: dict[str, type[PerturbationModel]] = {
               AdditiveBaseline, LinearBaseline)
 }
 BASELINES = tuple(MODELS)
+MODELS.update({m.name: m for m in (FlowModel, TransitionModel)})
 
 
 def get_model_class(name: str) -> type[PerturbationModel]:

@@ -99,7 +99,7 @@ class PerturbationModel(ABC):
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
             pick = rng.choice(pool, n, replace=n > pool.size)
             x_ctrl = exp.rows(np.sort(pick))[:, gene_idx]
-            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool)
+            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=np.sort(pick))
             blocks.append(np.clip(pred, 0.0, None).astype(np.float32))
             labels += [pert] * n
             ctxs += [ctx] * n
@@ -160,9 +160,12 @@ class PerturbationModel(ABC):
     @abstractmethod
     def _predict_cells(
         self, x_ctrl: np.ndarray, perturbation: str, context: str, exp: Experiment,
-        ctrl_pool: np.ndarray,
+        ctrl_pool: np.ndarray, ctrl_idx: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Predicted cells, shape (n, n_genes), from sampled controls ``x_ctrl`` (n, n_genes)."""
+        """Predicted cells, shape (n, n_genes), from sampled controls ``x_ctrl`` (n, n_genes).
+
+        ``ctrl_pool``: the context's control cells in ``exp``; ``ctrl_idx``: the rows of
+        ``exp`` that ``x_ctrl`` holds (for batch-aware models)."""
 
     def _state(self) -> dict[str, np.ndarray]:
         return {}

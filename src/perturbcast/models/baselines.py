@@ -73,7 +73,7 @@ class MeanShiftModel(PerturbationModel):
     def delta(self, pert: str, ctx: str) -> np.ndarray:
         raise NotImplementedError
 
-    def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool):
+    def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
         return x_ctrl + self.delta(perturbation, context)[None, :].astype(np.float32)
 
 
@@ -95,7 +95,7 @@ class CellMeanBaseline(MeanShiftModel):
 
     name = "cell_mean"
 
-    def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool):
+    def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
         sel = self.cond_ctx == context
         if sel.any():
             w = self.cond_n[sel].astype(float)

@@ -1,0 +1,71 @@
+"""Where a set model works: a PCA latent fitted on training cells, or scaled gene space.
+
+Predictions are decoded as the control cell plus the decoded change,
+``x_pred = x_ctrl + decode(z_pred - z_ctrl)``, so each predicted cell keeps its control cell's
+expression outside the latent span (its noise, its library-size pattern) and only the modelled
+change is added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_PCA_CELLS = 50_000
+
+
+class LatentSpace:
+    """``kind="pca"``: z = (x - mean) V / scale with V the top ``n_latent`` PCs;
+    ``kind="genes"``: z = (x - mean) / scale. ``scale`` makes the overall std of z one."""
+
+    def __init__(self, kind: str = "pca", n_latent: int = 64) -> None:
+        if kind not in ("pca", "genes"):
+            raise ValueError(f"unknown space {kind!r}; use 'pca' or 'genes'")
+        self.kind, self.n_latent = kind, n_latent
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None  # (n_genes, n_latent) for pca
+        self.scale = 1.0
+
+    @property
+    def dim(self) -> int:
+        return self.components.shape[1] if self.kind == "pca" else self.mean.size
+
+    def fit(self, x: np.ndarray, rng: np.random.Generator) -> LatentSpace:
+        """Fit on cells x, shape (n_cells, n_genes) (a random subset above 50k cells)."""
+        if x.shape[0] > MAX_PCA_CELLS:
+            x = x[np.sort(rng.choice(x.shape[0], MAX_PCA_CELLS, replace=False))]
+        self.mean = x.mean(0).astype(np.float32)
+        xc = x - self.mean
+        if self.kind == "pca":
+            k = max(1, min(self.n_latent, *xc.shape))
+            _, _, vt = np.linalg.svd(xc.astype(np.float32), full_matrices=False)
+            self.components = np.ascontiguousarray(vt[:k].T, np.float32)
+            z = xc @ self.components
+        else:
+            z = xc
+        self.scale = float(z.std()) or 1.0
+        return self
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_genes) -> (n, dim), float32."""
+        xc = x - self.mean
+        z = xc @ self.components if self.kind == "pca" else xc
+        return (z / self.scale).astype(np.float32)
+
+    def decode_change(self, dz: np.ndarray) -> np.ndarray:
+        """A change in latent coordinates (n, dim) -> the change in genes (n, n_genes)."""
+        d = dz * self.scale
+        return (d @ self.components.T if self.kind == "pca" else d).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        comp = self.components if self.components is not None else np.zeros((0, 0), np.float32)
+        return {"latent_kind": np.asarray(self.kind), "latent_mean": self.mean,
+                "latent_components": comp, "latent_scale": np.asarray(self.scale)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> LatentSpace:
+        out = cls(str(state["latent_kind"]))
+        out.mean = state["latent_mean"]
+        out.components = state["latent_components"] if out.kind == "pca" else None
+        out.n_latent = out.components.shape[1] if out.kind == "pca" else out.mean.size
+        out.scale = float(state["latent_scale"])
+        return out

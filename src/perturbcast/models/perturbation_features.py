@@ -1,0 +1,174 @@
+"""From perturbation labels to encoder inputs: learned ids, feature vectors, dose.
+
+Every component (single perturbation) seen in training gets a learned embedding id. A
+component may also have a fixed feature vector, from
+
+- a user table (``embeddings=`` a CSV / TSV / parquet / npz file: name -> vector) for genes or
+  compounds, e.g. literature gene vectors or GO-derived features; or
+- the training data (``embeddings="train"``): the target gene's row of the top principal
+  components of the training delta matrix (genes x conditions) next to its row of the top
+  principal components of control expression (genes x cells), as in the linear baseline.
+
+A component with neither (unseen in training and absent from the features) cannot be encoded:
+:meth:`PerturbationFeatures.encode` raises a one-line error naming it, never a silent zero.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.labels import components
+from ..errors import InputError
+
+NAME_KEYS = ("names", "genes", "index", "perturbations", "symbols")
+VECTOR_KEYS = ("emb", "embeddings", "vectors", "X", "features")
+
+
+def load_embedding_table(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a name -> vector table; returns (names (n,), vectors float32 (n, d)).
+
+    CSV/TSV: first column names, other columns numbers. Parquet: string index, or a first string
+    column. NPZ: a names array (one of ``names, genes, index, perturbations, symbols``) and a
+    matrix (``emb, embeddings, vectors, X, features``). Rows with NaN are dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"embedding table not found: {path}; check the path.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=True) as z:
+            nk = next((k for k in NAME_KEYS if k in z.files), None)
+            vk = next((k for k in VECTOR_KEYS if k in z.files), None)
+            if nk is None or vk is None:
+                raise InputError(f"{path.name} holds {z.files}; an embedding npz needs a names "
+                                 f"array ({'/'.join(NAME_KEYS)}) and a matrix "
+                                 f"({'/'.join(VECTOR_KEYS)}).")
+            names, vectors = z[nk].astype(str), z[vk].astype(np.float32)
+    elif suffix in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+            if df.index.dtype == object:
+                df = df.reset_index()
+        else:
+            df = pd.read_csv(path, sep="\t" if suffix in (".tsv", ".txt") else ",")
+        if df.shape[1] < 2:
+            raise InputError(f"{path.name} has {df.shape[1]} column(s); an embedding table needs "
+                             "a name column followed by numeric columns.")
+        names = df.iloc[:, 0].astype(str).to_numpy()
+        num = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
+        vectors = num.to_numpy(np.float32)
+    else:
+        raise InputError(f"unsupported embedding table {path.name}; use .csv, .tsv, .parquet "
+                         "or .npz.")
+    if vectors.ndim != 2 or len(names) != vectors.shape[0]:
+        raise InputError(f"{path.name}: {len(names)} names but vectors of shape "
+                         f"{vectors.shape}; give one row per name.")
+    keep = np.isfinite(vectors).all(1)
+    return names[keep], vectors[keep]
+
+
+def training_gene_features(genes: np.ndarray, deltas: np.ndarray, ctrl_cells: np.ndarray,
+                           k: int = 16) -> np.ndarray:
+    """Gene features from training data, shape (n_genes, <= 2k).
+
+    Parameters
+    ----------
+    deltas : array, shape (n_conditions, n_genes); training condition means - control means
+    ctrl_cells : array, shape (n_cells, n_genes); control cells (log1p)
+    """
+    parts = []
+    for mat in (deltas, ctrl_cells):
+        if mat.shape[0] < 3:
+            continue
+        y = (mat - mat.mean(0)).T.astype(np.float64)  # genes x observations
+        u, s, _ = np.linalg.svd(y, full_matrices=False)
+        r = max(1, min(k, mat.shape[0] - 1))
+        f = u[:, :r] * s[:r]
+        parts.append(f / (f.std() + 1e-12))
+    if not parts:
+        return np.zeros((len(genes), 0), np.float32)
+    return np.concatenate(parts, 1).astype(np.float32)
+
+
+class PerturbationFeatures:
+    """Vocabulary of components, their learned ids and feature vectors.
+
+    Parameters
+    ----------
+    learned : components seen in training (their ids are 1..n in this order)
+    feature_names, feature_vectors : the feature table (names matched exactly, then
+        case-insensitively), vectors of shape (n, n_features)
+    separator, control : how labels split into components
+    """
+
+    def __init__(self, learned: list[str], feature_names: np.ndarray,
+                 feature_vectors: np.ndarray, separator: str, control: str) -> None:
+        self.learned = list(learned)
+        self.learned_id = {c: i + 1 for i, c in enumerate(self.learned)}
+        self.feature_names = np.asarray(feature_names, dtype=str)
+        self.feature_vectors = np.asarray(feature_vectors, np.float32)
+        self.separator, self.control = separator, control
+        self._row = {n: i for i, n in enumerate(self.feature_names)}
+        for i, n in enumerate(self.feature_names):
+            self._row.setdefault(n.upper(), i)
+
+    @property
+    def n_features(self) -> int:
+        return self.feature_vectors.shape[1]
+
+    def components(self, label: str) -> tuple[str, ...]:
+        return components(label, self.separator, self.control)
+
+    def feature_row(self, comp: str) -> int | None:
+        return self._row.get(comp, self._row.get(comp.upper()))
+
+    def check(self, labels: list[str]) -> None:
+        """Raise a one-line error for components with neither a learned id nor features."""
+        bad = sorted({c for lab in labels for c in self.components(lab)
+                      if c not in self.learned_id and self.feature_row(c) is None})
+        if bad:
+            names = ", ".join(repr(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise InputError(f"perturbation(s) {names} were not seen in training and have no "
+                             "embedding (no learned vector, no feature row); pass an embedding "
+                             "table with a row for each (--param embeddings=TABLE, a csv/"
+                             "parquet/npz of name -> vector).")
+
+    def encode(self, labels: list[str], doses: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Encoder inputs for a list of perturbation labels.
+
+        Returns learned_idx (n, k) int64, features (n, k, n_features) float32, has_features
+        (n, k) bool and dose (n,) float32, where k is the largest number of components.
+        """
+        self.check(labels)
+        comps = [self.components(lab) for lab in labels]
+        k = max([len(c) for c in comps] + [1])
+        n = len(labels)
+        learned_idx = np.zeros((n, k), np.int64)
+        feats = np.zeros((n, k, self.n_features), np.float32)
+        has = np.zeros((n, k), bool)
+        for i, cs in enumerate(comps):
+            for j, c in enumerate(cs):
+                learned_idx[i, j] = self.learned_id.get(c, 0)
+                row = self.feature_row(c)
+                if row is not None and self.n_features:
+                    feats[i, j] = self.feature_vectors[row]
+                    has[i, j] = True
+        dose = np.zeros(n, np.float32) if doses is None else np.log1p(
+            np.asarray(doses, np.float32))
+        return {"learned_idx": learned_idx, "features": feats, "has_features": has,
+                "dose": dose}
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"pf_learned": np.asarray(self.learned, dtype=str),
+                "pf_feature_names": self.feature_names, "pf_feature_vectors":
+                self.feature_vectors}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], separator: str, control: str
+                   ) -> PerturbationFeatures:
+        return cls(list(state["pf_learned"].astype(str)), state["pf_feature_names"].astype(str),
+                   state["pf_feature_vectors"], separator, control)
