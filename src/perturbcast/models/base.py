@@ -97,9 +97,9 @@ class PerturbationModel(ABC):
                     f"controls: {preview(sorted(set(exp.contexts[ctrl])))}."
                 )
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
-            pick = rng.choice(pool, n, replace=n > pool.size)
-            x_ctrl = exp.rows(np.sort(pick))[:, gene_idx]
-            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=np.sort(pick))
+            pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
+            x_ctrl = exp.rows(pick)[:, gene_idx]
+            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick)
             blocks.append(np.clip(pred, 0.0, None).astype(np.float32))
             labels += [pert] * n
             ctxs += [ctx] * n
