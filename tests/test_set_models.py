@@ -13,6 +13,8 @@ from perturbcast.data.sets import SetSampler, holdout_cells
 from perturbcast.errors import InputError
 from perturbcast.models import get_model
 from perturbcast.models.perturbation_features import load_embedding_table
+from perturbcast.models.set_flow import set_mean_error
+from perturbcast.modules.flow import interpolate
 from perturbcast.modules.losses import energy_distance
 from perturbcast.modules.set_net import ConditionalSetNet
 
@@ -213,3 +215,26 @@ def test_network_shapes_and_energy_distance():
     y = torch.randn(3, 50, 4)
     assert energy_distance(y, y).abs().max() < 1e-3
     assert (energy_distance(y, y + 1.0) > energy_distance(y, y + 0.3)).all()
+
+
+def test_flow_mean_weight_adds_the_set_mean_error():
+    x1 = torch.randn(3, 20, 4)
+    perm = x1[:, torch.randperm(20)]
+    assert set_mean_error(perm, x1) < 1e-10  # a pairing inside a set leaves its mean alone
+    assert torch.isclose(set_mean_error(x1 + 0.5, x1), torch.tensor(3 * 4 * 0.25 / 3))
+    net = ConditionalSetNet(n_in=4, dim=16, depth=1, n_heads=2, n_learned=2, n_features=0,
+                            n_contexts=1, n_batches=0, use_time=True)
+    cond = {"learned_idx": torch.tensor([[1], [2], [1]]), "features": torch.zeros(3, 1, 0),
+            "has_features": torch.zeros(3, 1, dtype=torch.bool), "dose": torch.zeros(3),
+            "context": torch.ones(3, dtype=torch.long), "batch": torch.zeros(3, dtype=torch.long)}
+    batch = {**cond, "x0": torch.randn(3, 20, 4), "x1": x1 + 2.0}
+    losses = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)  # same flow times for both
+        losses[w] = float(get_model("flow", mean_weight=w).loss(net, batch))
+    torch.manual_seed(0)
+    t = torch.rand(3)
+    x1_hat = net(interpolate(batch["x0"], batch["x1"], t), cond, t)
+    assert losses[1.0] - losses[0.0] == pytest.approx(float(set_mean_error(x1_hat, batch["x1"])),
+                                                      rel=1e-4)
+    assert losses[1.0] > losses[0.0] + 1.0  # the untrained endpoints miss the +2 shift
