@@ -225,7 +225,8 @@ class SetModel(PerturbationModel):
 
     # ---- prediction ----------------------------------------------------------------------------
     def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
-        self.features.check([perturbation])
+        dose = self._dose(exp, perturbation, context)
+        enc = self.features.encode([perturbation], [dose])  # raises for an unknown perturbation
         n = x_ctrl.shape[0]
         if n == 0:
             return x_ctrl.copy()
@@ -245,10 +246,8 @@ class SetModel(PerturbationModel):
         for i, s in enumerate(sets):
             x0[i, :s.size] = z[s]
             mask[i, :s.size] = True
-        dose = self._dose(exp, perturbation, context)
-        enc = self.features.encode([perturbation] * len(sets), [dose] * len(sets))
         ctx = self.context_names.index(context) + 1 if context in self.context_names else 0
-        cond = {k: torch.from_numpy(v) for k, v in enc.items()}
+        cond = {k: torch.from_numpy(np.repeat(v, len(sets), axis=0)) for k, v in enc.items()}
         cond["context"] = torch.full((len(sets),), ctx, dtype=torch.long)
         cond["batch"] = torch.as_tensor(set_batch, dtype=torch.long)
         torch.manual_seed(self.seed)
