@@ -6,23 +6,39 @@ every non-baseline model its score, pearson_delta and score minus the best basel
 
     python benchmarks/bench_tasks.py [--models a,b,...] [--params '{"max_steps": 800}']
         [--embeddings PATH]   # a name -> vector table for set models (default: gene2word
-                              # vectors from ../shared/priors when present, else "train")
+                              # vectors from ../shared/priors, genes it lacks filled in from GO
+                              # vectors, see bench_gene_features.py; "train" without priors)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from perturbcast.benchmark import run_benchmark
+from perturbcast.datasets.priors import fill_missing, go_gene_vectors, save_table
 from perturbcast.datasets.tasks import TASKS, load_task
 from perturbcast.eval.report import print_summary
 from perturbcast.models import BASELINES
+from perturbcast.models.perturbation_features import load_embedding_table
 
-G2W = Path(__file__).resolve().parents[2] / "shared/priors/gene2word/gene2word_lsi125_human_pc.npz"
+PRIORS = Path(__file__).resolve().parents[2] / "shared/priors"
+G2W = PRIORS / "gene2word/gene2word_lsi125_human_pc.npz"
+GO = PRIORS / "orghs_go"
+
+
+def default_table(folder: str) -> str:
+    """gene2word vectors, genes they lack filled in from GO vectors, written under folder."""
+    if not (G2W.exists() and (GO / "gene2go.tsv.gz").exists()):
+        return "train"
+    go = go_gene_vectors(GO / "gene2go.tsv.gz", GO / "genes.tsv.gz", GO / "go_parents.tsv.gz")
+    path = Path(folder) / "gene2word_filled_go.npz"
+    save_table(path, *fill_missing(load_embedding_table(G2W), go))
+    return str(path)
 
 
 def main() -> None:
@@ -30,11 +46,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(BASELINES))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--params", default="{}", help="JSON parameters for non-baseline models")
-    ap.add_argument("--embeddings", default=str(G2W) if G2W.exists() else "train")
+    ap.add_argument("--embeddings", default=None)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     models = args.models.split(",")
-    extra = {"embeddings": args.embeddings, **json.loads(args.params)}
+    tmp = tempfile.TemporaryDirectory()
+    extra = {"embeddings": args.embeddings or default_table(tmp.name), **json.loads(args.params)}
     model_params = {m: extra for m in models if m not in BASELINES}
     figures = {}
     t_all = time.perf_counter()

@@ -61,6 +61,20 @@ def _finish_benchmark(result, out_dir: Path, title: str, notes: list[str]) -> No
     err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md")
 
 
+def _parse_params(items: list[str] | None) -> dict:
+    """['a=1', 'b=x.csv'] -> {'a': 1, 'b': 'x.csv'} (values read as JSON when they parse)."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--param {item!r} is not KEY=VALUE; e.g. --param max_steps=500.")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
@@ -269,6 +283,33 @@ def simulate(
               f"(obs: perturbation, context, batch; control label 'control')")
 
 
+@app.command("gene-vectors")
+def gene_vectors(
+    gene2go: Annotated[Path, typer.Option("--gene2go", help="GO annotations .tsv(.gz): "
+                                          "symbol, go_id.")],
+    out_file: Annotated[Path, typer.Option("--out", help=".npz table to write.")],
+    genes: Annotated[Path | None, typer.Option("--genes", help="Gene table .tsv(.gz): symbol, "
+                                               "aliases ('|'-joined); adds former symbols.")]
+    = None,
+    parents: Annotated[Path | None, typer.Option("--go-parents", help="GO DAG .tsv(.gz): "
+                                                 "child, parent, relationship.")] = None,
+    dim: Annotated[int, typer.Option("--dim", help="Vector size.")] = 64,
+    fill: Annotated[Path | None, typer.Option("--fill", help="Instead write this table "
+                                              "(csv/parquet/npz), with the genes it lacks filled "
+                                              "in from their GO vectors.")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Build gene vectors from GO annotations, for --param embeddings=TABLE."""
+    from .datasets.priors import fill_missing, go_gene_vectors, save_table
+    from .models.perturbation_features import load_embedding_table
+
+    names, vec = go_gene_vectors(gene2go, genes, parents, n_components=dim, seed=seed)
+    if fill is not None:
+        names, vec = fill_missing(load_embedding_table(fill), (names, vec))
+    save_table(out_file, names, vec)
+    err.print(f"wrote {out_file}: {len(names)} names x {vec.shape[1]} dims")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with code 2."""
     try:
@@ -281,16 +322,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def _parse_params(items: list[str] | None) -> dict:
-    """['a=1', 'b=x.csv'] -> {'a': 1, 'b': 'x.csv'} (values read as JSON when they parse)."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(f"--param {item!r} is not KEY=VALUE; e.g. --param max_steps=500.")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out

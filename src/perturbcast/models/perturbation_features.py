@@ -71,6 +71,17 @@ def load_embedding_table(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return names[keep], vectors[keep]
 
 
+def load_embedding_tables(spec: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One table, or several comma-separated paths joined side by side (each scaled to unit
+    spread, zeros where a table lacks a name); a name found in any table has features."""
+    from ..datasets.priors import join_tables
+
+    parts = [s.strip() for s in str(spec).split(",")]
+    if len(parts) == 1 or Path(spec).exists():
+        return load_embedding_table(spec)
+    return join_tables([load_embedding_table(s) for s in parts if s])
+
+
 def training_gene_features(genes: np.ndarray, deltas: np.ndarray, ctrl_cells: np.ndarray,
                            k: int = 16) -> np.ndarray:
     """Gene features from training data, shape (n_genes, <= 2k).

@@ -65,8 +65,10 @@ class FlowModel(SetModel):
         t = torch.rand(x0.shape[0], device=x0.device)
         xt = cfm.interpolate(x0, x1, t, self.params["sigma"])
         x1_hat = net(xt, _cond(batch), t)
-        return cfm.endpoint_loss(x1_hat, x1) + self.params["mean_weight"] * set_mean_error(
-            x1_hat, x1)
+        loss = cfm.endpoint_loss(x1_hat, x1)
+        if self.params["mean_weight"]:
+            loss = loss + self.params["mean_weight"] * set_mean_error(x1_hat, x1)
+        return loss
 
     def generate(self, net, x0, cond, mask):
         return cfm.sample(lambda x, t: net(x, cond, t, mask), x0, self.params["steps"],

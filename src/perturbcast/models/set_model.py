@@ -14,7 +14,9 @@ max_steps, lr, patience, val_fraction : training; validation sets are held-out p
     cells of every training condition, generated from training controls (``val_controls=
     "held_out"`` holds out controls too), scored by the error of the set's mean change
     (+ energy distance with ``val_energy``); the best epoch's weights are kept
-embeddings : "train" (gene features from training data), "none", or a table path (csv/parquet/npz)
+embeddings : "train" (gene features from training data), "none", or a table path (csv/parquet/npz);
+    several comma-separated paths are joined side by side (see
+    :func:`~perturbcast.datasets.priors.join_tables`)
 dose_key : obs column with a dose per cell (scalar input), or None
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
@@ -42,7 +44,7 @@ from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import (
     PerturbationFeatures,
-    load_embedding_table,
+    load_embedding_tables,
     training_gene_features,
 )
 
@@ -211,7 +213,7 @@ class SetModel(PerturbationModel):
             names = exp.genes.astype(str)
             vecs = training_gene_features(names, deltas, x[ctrl])
         else:
-            names, vecs = load_embedding_table(emb)
+            names, vecs = load_embedding_tables(emb)
         if vecs.size:
             vecs = vecs / (vecs.std() + 1e-12)
         return PerturbationFeatures(learned, names, vecs, exp.separator, exp.control)
