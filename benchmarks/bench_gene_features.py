@@ -2,8 +2,8 @@
 
 For every single genetic perturbation of a real dataset, its mean change (perturbed mean minus
 the control mean of its context, log1p) is predicted from its target gene's feature vector by
-ridge regression fitted on the other perturbations (5-fold over perturbations; the ridge penalty
-is chosen by leave-one-out on the training folds). The same folds for every table. Reported per
+ridge regression fitted on the other perturbations (leave one perturbation out; the penalty is
+chosen by an exact inner leave-one-out on the rest). The same folds for every table. Reported per
 table: coverage (share of targets with a row), pearson_delta (mean over held-out perturbations of
 the correlation of predicted and real changes) and relative error (squared error over that of
 predicting the mean training change, which is the "mean" row). Tables:
