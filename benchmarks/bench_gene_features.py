@@ -28,31 +28,30 @@ from pathlib import Path
 
 import numpy as np
 
-from perturbcast.datasets.priors import fill_missing, go_gene_vectors, join_tables
+from perturbcast.datasets.priors import fill_missing, go_gene_vectors_from_folder, join_tables
 from perturbcast.datasets.tasks import load_task
-from perturbcast.models.perturbation_features import load_embedding_table, training_gene_features
+from perturbcast.models.perturbation_features import (
+    PerturbationFeatures,
+    load_embedding_table,
+    training_gene_features,
+)
 
 PRIORS = Path(__file__).resolve().parents[2] / "shared/priors"
 ALPHAS = tuple(10.0 ** np.arange(-1, 6))
 
 
 def single_deltas(exp):
-    """Single genetic perturbations, their mean change (n, genes) and control cells."""
-    x_ctrl = exp.rows(np.flatnonzero(exp.is_control))
-    ctrl_mean = {c: x_ctrl[exp.contexts[exp.is_control] == c].mean(0)
-                 for c in exp.context_names()}
-    names, deltas = [], []
-    for p in exp.perturbation_names():
-        if len(exp.components(p)) != 1:
-            continue
-        sel = exp.perturbations == p
-        if sel.sum() < 10:
-            continue
-        ctx = exp.contexts[sel][0]  # tasks used here have a single context per perturbation
-        names.append(exp.components(p)[0])
-        deltas.append(exp.rows(np.flatnonzero(sel & (exp.contexts == ctx))).mean(0)
-                      - ctrl_mean[ctx])
-    return np.array(names), np.stack(deltas), x_ctrl
+    """Single genetic perturbations with >= 10 cells, their mean change (n, genes) in their
+    first context, and the control cells."""
+    keys, means = exp.group_means(("perturbation", "context"))
+    ctrl = keys.perturbation == exp.control
+    ctrl_mean = dict(zip(keys.context[ctrl], means[ctrl.to_numpy()], strict=True))
+    single = keys.perturbation.map(lambda p: len(exp.components(p)) == 1) & ~ctrl
+    keep = keys[single & (keys.n_cells >= 10)].drop_duplicates("perturbation")
+    names = np.array([exp.components(p)[0] for p in keep.perturbation])
+    deltas = np.stack([means[i] - ctrl_mean[c] for i, c in zip(keep.index, keep.context,
+                                                               strict=True)])
+    return names, deltas, exp.rows(np.flatnonzero(exp.is_control))
 
 
 def ridge_loo(f: np.ndarray, y: np.ndarray) -> float:
@@ -81,13 +80,14 @@ def predict(f_tr, y_tr, f_te):
 
 
 def lookup(table, names):
+    """Rows of ``names`` (matched as the set models match them), scaled by the table's spread,
+    and which names have one."""
     t_names, vecs = table
-    row = {n: i for i, n in enumerate(t_names)}
-    row.update({n.upper(): i for i, n in enumerate(t_names) if n.upper() not in row})
+    features = PerturbationFeatures([], t_names, vecs, "+", "control")
     out = np.zeros((len(names), vecs.shape[1]), np.float32)
     has = np.zeros(len(names), bool)
     for i, n in enumerate(names):
-        r = row.get(n, row.get(n.upper()))
+        r = features.feature_row(n)
         if r is not None:
             out[i], has[i] = vecs[r], True
     return out / (vecs.std() + 1e-12), has
@@ -135,9 +135,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    go_dir = PRIORS / "orghs_go"
-    go = go_gene_vectors(go_dir / "gene2go.tsv.gz", go_dir / "genes.tsv.gz",
-                         go_dir / "go_parents.tsv.gz", n_components=args.go_dim)
+    go = go_gene_vectors_from_folder(PRIORS / "orghs_go", n_components=args.go_dim)
     go_s = time.perf_counter() - t0
     g2w = load_embedding_table(PRIORS / "gene2word/gene2word_lsi125_human_pc.npz")
     tables = {"gene2word": g2w, "go": go, "gene2word+go": join_tables([g2w, go]),

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from perturbcast.benchmark import run_benchmark
-from perturbcast.datasets.priors import fill_missing, go_gene_vectors, save_table
+from perturbcast.datasets.priors import fill_missing, go_gene_vectors_from_folder, save_table
 from perturbcast.datasets.tasks import TASKS, load_task
 from perturbcast.eval.report import print_summary
 from perturbcast.models import BASELINES
@@ -35,7 +35,7 @@ def default_table(folder: str) -> str:
     """gene2word vectors, genes they lack filled in from GO vectors, written under folder."""
     if not (G2W.exists() and (GO / "gene2go.tsv.gz").exists()):
         return "train"
-    go = go_gene_vectors(GO / "gene2go.tsv.gz", GO / "genes.tsv.gz", GO / "go_parents.tsv.gz")
+    go = go_gene_vectors_from_folder(GO)
     path = Path(folder) / "gene2word_filled_go.npz"
     save_table(path, *fill_missing(load_embedding_table(G2W), go))
     return str(path)

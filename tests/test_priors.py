@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perturbcast.datasets.priors import fill_missing, go_gene_vectors, join_tables, save_table
+from perturbcast.datasets.priors import (
+    fill_missing,
+    go_gene_vectors,
+    go_gene_vectors_from_folder,
+    join_tables,
+    save_table,
+)
 from perturbcast.errors import InputError
 from perturbcast.models.perturbation_features import load_embedding_table, load_embedding_tables
 
@@ -118,9 +124,7 @@ def test_join_and_comma_separated_tables(tmp_path):
 @pytest.mark.skipif(not (PRIORS / "orghs_go" / "gene2go.tsv.gz").exists(),
                     reason="../shared/priors not present")
 def test_go_vectors_on_the_real_annotations():
-    d = PRIORS / "orghs_go"
-    names, vec = go_gene_vectors(d / "gene2go.tsv.gz", d / "genes.tsv.gz",
-                                 d / "go_parents.tsv.gz", n_components=64)
+    names, vec = go_gene_vectors_from_folder(PRIORS / "orghs_go", n_components=64)
     assert len(names) > 18000
     row = {n: i for i, n in enumerate(names)}
     # MARCH8 (a Papalexi 2021 target) is a former symbol of MARCHF8

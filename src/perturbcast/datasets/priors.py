@@ -7,6 +7,7 @@ tables from public annotation files and joins several into one:
   and ``part_of``), TF-IDF weighted, reduced by truncated SVD. Any annotated gene gets a vector,
   so it covers targets that literature-vector tables miss. Former symbols (aliases) get their
   gene's row, e.g. ``MARCH8`` -> ``MARCHF8``.
+  :func:`go_gene_vectors_from_folder` reads the three files of an ``orghs_go``-style folder.
 - :func:`fill_missing`: give the names only a second table has a row in the first table's
   space (a ridge map fitted on the names both share).
 - :func:`join_tables`: several tables side by side (each scaled to unit spread, zeros where a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,18 +53,14 @@ def _ancestors(parents: pd.DataFrame, terms: np.ndarray) -> dict[str, set[str]]:
     up: dict[str, list[str]] = {}
     for child, parent in zip(parents.child[keep], parents.parent[keep], strict=True):
         up.setdefault(child, []).append(parent)
-    memo: dict[str, set[str]] = {}
 
     def visit(term: str) -> set[str]:
-        if term in memo:
-            return memo[term]
         stack, seen = [term], {term}
         while stack:  # iterative: GO is deep enough to trouble recursion
             for p in up.get(stack.pop(), ()):
                 if p not in seen:
                     seen.add(p)
                     stack.append(p)
-        memo[term] = seen
         return seen
 
     return {t: visit(t) for t in terms}
@@ -116,6 +114,15 @@ def go_gene_vectors(gene2go: str | os.PathLike, genes: str | os.PathLike | None 
     if genes is not None:
         names, vec = _add_aliases(symbols, vec, _read_tsv(genes, ("symbol", "aliases")))
     return names.astype(str), vec.astype(np.float32)
+
+
+def go_gene_vectors_from_folder(folder: str | os.PathLike, n_components: int = 64,
+                                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`go_gene_vectors` from a folder laid out like the ``orghs_go`` export:
+    ``gene2go.tsv.gz``, ``genes.tsv.gz`` (aliases) and ``go_parents.tsv.gz`` (propagation)."""
+    folder = Path(folder)
+    return go_gene_vectors(folder / "gene2go.tsv.gz", folder / "genes.tsv.gz",
+                           folder / "go_parents.tsv.gz", n_components=n_components, seed=seed)
 
 
 def _add_aliases(symbols: np.ndarray, vec: np.ndarray, genes: pd.DataFrame
