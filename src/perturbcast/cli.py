@@ -232,6 +232,50 @@ def predict(
 
 
 @app.command()
+def atlas(
+    model_dir: Annotated[Path, typer.Option("--model", help="Saved model folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".h5ad with control cells.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Atlas .h5ad to write (summary CSV "
+                                           "beside it).")],
+    perturbations: Annotated[str, typer.Option(
+        "--perturbations", help="Comma list, @file (one per line) or 'all' (model "
+        "vocabulary).")] = "all",
+    contexts: Annotated[str, typer.Option(
+        "--contexts", help="Comma list, @file or 'all' (every context with controls).")] = "all",
+    n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
+    rank_by: Annotated[Path | None, typer.Option(
+        "--rank-by", help="In-silico screen target: signature (.json {up, down} or .csv "
+        "gene,direction) or population (.h5ad); writes <out>.ranked.csv.")] = None,
+    target_cells: Annotated[int, typer.Option(
+        "--target-cells", help="Population targets: cells per side in the energy "
+        "distance.")] = 500,
+    change_threshold: Annotated[float, typer.Option(
+        "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
+    include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
+    top: Annotated[int, typer.Option("--top", help="Ranked rows to print.")] = 20,
+    layer: Layer = None, backed: Backed = False,
+) -> None:
+    """Predict a perturbation x context grid, streamed to one .h5ad; optionally rank it."""
+    from .atlas import parse_names, predict_atlas, print_ranked, read_target
+    from .models.base import PerturbationModel
+
+    m = PerturbationModel.load(model_dir)
+    k = m.keys
+    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
+                backed, min_cells=1)
+    perts = parse_names(perturbations, m.vocabulary, "perturbations")
+    ctxs = parse_names(contexts, sorted(set(exp.contexts[exp.is_control])), "contexts")
+    scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed) if rank_by else None
+    res = predict_atlas(m, exp, perts, ctxs, n_cells, out_file, scorer=scorer,
+                        change_threshold=change_threshold, include_controls=include_controls)
+    err.print(f"wrote {res.path} ({len(res.summary)} conditions x {n_cells} cells) and "
+              f"{res.summary_path}")
+    if res.ranked is not None:
+        print_ranked(res.ranked, out, top)
+        err.print(f"wrote {res.ranked_path}")
+
+
+@app.command()
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", help="Predicted .h5ad.")],
     real: Annotated[Path, typer.Option("--real", help="Real .h5ad.")],
