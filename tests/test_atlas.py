@@ -55,6 +55,11 @@ def test_atlas_cells_equal_predict_and_summary_is_their_change(tmp_path, sim_exp
     n_ctrl = int((sim_exp.is_control & (sim_exp.contexts == "ctx0")).sum())
     assert a.n_obs == 4 * 9 + n_ctrl
     assert (a.obs.perturbation == "control").sum() == n_ctrl
+    # the control label asked for as a perturbation too: one category, both sets of cells
+    predict_atlas(linear, sim_exp, ["control", *perts], ["ctx0"], 9, tmp_path / "c.h5ad",
+                  show_progress=False, include_controls=True)
+    c = ad.read_h5ad(tmp_path / "c.h5ad")
+    assert (c.obs.perturbation == "control").sum() == n_ctrl + 9
     ctrl_mean = a.X[(a.obs.perturbation == "control").to_numpy()].mean(0)
     for pert in perts:
         ref = linear.predict(sim_exp, [(pert, "ctx0")], n_cells=9).X

@@ -140,7 +140,8 @@ def predict_atlas(
     if scorer is not None:
         scorer.prepare(exp, gene_idx, genes, contexts, seed=model.seed)
 
-    pert_cats = perturbations + ([exp.control] if include_controls else [])
+    add_ctrl = include_controls and exp.control not in perturbations
+    pert_cats = perturbations + ([exp.control] if add_ctrl else [])
     columns = {"perturbation": pert_cats, "context": contexts}
     aliases = {model.keys.get("perturbation_key"): "perturbation",
                model.keys.get("context_key"): "context"}
@@ -177,6 +178,9 @@ def predict_atlas(
             x_all = pred.X
             del pred, obs
             for (pi, ci), (pert, ctx) in zip(batch, conds, strict=True):
+                if (pert, ctx) not in rows_of:
+                    raise RuntimeError(f"{model.name} returned no cells labelled {pert!r} in "
+                                       f"{ctx!r}")
                 x = _dense(x_all[rows_of[(pert, ctx)]])
                 codes = {"perturbation": pi, "context": ci}
                 writer.append(x, {**codes, **{k: codes[v] for k, v in aliases.items()}})
@@ -189,7 +193,7 @@ def predict_atlas(
             del x_all
             bar.advance(task, len(batch))
         if include_controls:
-            codes = {"perturbation": len(perturbations)}
+            codes = {"perturbation": pert_cats.index(exp.control)}
             for ci, ctx in enumerate(contexts):
                 codes["context"] = ci
                 pool = np.flatnonzero(exp.is_control & (exp.contexts == ctx))
