@@ -64,6 +64,29 @@ def test_population_screen_ranks_the_true_perturbation_first(tmp_path, sim_adata
     assert noise.energy_toward_target.abs().max() < 0.5 < score[0] - score[1]
 
 
+def test_population_target_per_context(tmp_path, sim_adata, sim_exp, models):
+    """With a context column, each context is scored against its own target cells."""
+    obs = sim_adata.obs
+    keep = (((obs.perturbation == CHOSEN[0]) & (obs.context == "ctx0"))
+            | ((obs.perturbation == CHOSEN[1]) & (obs.context == "ctx1"))).to_numpy()
+    target = sim_adata[keep].copy()
+    del target.uns["true_effects"]
+    target.write_h5ad(tmp_path / "t.h5ad")
+    scorer = read_target(tmp_path / "t.h5ad", max_cells=100, context_key="context")
+    res = predict_atlas(models["perturbation_mean"], sim_exp, sim_exp.singles(), None, 30,
+                        tmp_path / "a.h5ad", scorer=scorer, show_progress=False)
+    top = res.ranked.groupby("context").perturbation.first()
+    assert top.to_dict() == {"ctx0": CHOSEN[0], "ctx1": CHOSEN[1]}
+    one = sim_adata[keep & (obs.context == "ctx0").to_numpy()].copy()
+    del one.uns["true_effects"]
+    one.write_h5ad(tmp_path / "one.h5ad")
+    with pytest.raises(InputError, match="no cells of context 'ctx1'"):
+        predict_atlas(models["control"], sim_exp, ["G0013"], None, 5, tmp_path / "b.h5ad",
+                      scorer=read_target(tmp_path / "one.h5ad", context_key="context"))
+    with pytest.raises(InputError, match="celltype"):
+        read_target(tmp_path / "one.h5ad", context_key="celltype")
+
+
 def test_signature_files(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps({"up": ["A", "B"], "down": ["C"]}))
     pd.DataFrame({"gene": ["A", "C"], "direction": ["up", "-1"]}).to_csv(tmp_path / "s.csv",

@@ -249,6 +249,9 @@ def atlas(
     target_cells: Annotated[int, typer.Option(
         "--target-cells", help="Population targets: cells per side in the energy "
         "distance.")] = 500,
+    target_context_key: Annotated[str | None, typer.Option(
+        "--target-context-key", help="Population targets: obs column of contexts; each "
+        "context is scored against its own target cells.")] = None,
     change_threshold: Annotated[float, typer.Option(
         "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
@@ -265,7 +268,8 @@ def atlas(
                 backed, min_cells=1)
     perts = parse_names(perturbations, m.vocabulary, "perturbations")
     ctxs = parse_names(contexts, sorted(set(exp.contexts[exp.is_control])), "contexts")
-    scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed) if rank_by else None
+    scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed,
+                         context_key=target_context_key) if rank_by else None
     res = predict_atlas(m, exp, perts, ctxs, n_cells, out_file, scorer=scorer,
                         change_threshold=change_threshold, include_controls=include_controls)
     err.print(f"wrote {res.path} ({len(res.summary)} conditions x {n_cells} cells) and "

@@ -11,7 +11,8 @@ Two kinds of target, both in the Experiment's log1p(total 1e4) normalisation:
   1 - E(pred, target) / E(ctrl, target), E the energy distance (Euclidean over all model
   genes, unbiased U-statistic) on at most ``max_cells`` cells of each side drawn with the
   seed. 1 = reaches the target,
-  0 = no closer than the controls, < 0 = moves away.
+  0 = no closer than the controls, < 0 = moves away. With a context column in the target
+  (``context_key``), each context is scored against the target cells of that context.
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ class PopulationScorer:
 
     score_name = "energy_toward_target"
 
-    def __init__(self, cells: np.ndarray, genes: np.ndarray, max_cells: int = 500) -> None:
+    def __init__(self, cells: np.ndarray, genes: np.ndarray, max_cells: int = 500,
+                 contexts: np.ndarray | None = None, context_key: str | None = None) -> None:
         self.cells, self.genes, self.max_cells = cells, np.asarray(genes).astype(str), max_cells
+        self.contexts, self.context_key = contexts, context_key
 
     def _sample(self, x: np.ndarray, key: str) -> np.ndarray:
         if x.shape[0] <= self.max_cells:
@@ -95,23 +98,28 @@ class PopulationScorer:
         rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
         return x[np.sort(rng.choice(x.shape[0], self.max_cells, replace=False))]
 
-    def _energy(self, x: np.ndarray) -> float:
-        return energy_distance(x, self.target)
-
     def prepare(self, exp: Experiment, gene_idx: np.ndarray, genes: np.ndarray,
                 contexts: list[str], seed: int = 0) -> None:
         """Target cells on the model's genes; E(ctrl, target) per context."""
         _missing([str(g) for g in genes], self.genes, "model")
         pos = {g: i for i, g in enumerate(self.genes)}
         self.seed = seed
-        self.target = self._sample(self.cells, "target")[:, [pos[str(g)] for g in genes]]
-        self.ctrl_energy = {}
+        cells = self.cells[:, [pos[str(g)] for g in genes]]
+        self.target, self.ctrl_energy = {}, {}
         for ctx in contexts:
+            if self.contexts is None:
+                self.target[ctx] = self._sample(cells, "target")
+            else:
+                if not (self.contexts == ctx).any():
+                    raise InputError(f"the target has no cells of context {ctx!r} in column "
+                                     f"{self.context_key!r}; its contexts: "
+                                     f"{preview(sorted(set(self.contexts)))}.")
+                self.target[ctx] = self._sample(cells[self.contexts == ctx], f"target|{ctx}")
             pool = np.flatnonzero(exp.is_control & (exp.contexts == ctx))
             if pool.size > self.max_cells:
                 rng = np.random.default_rng([seed, zlib.crc32(f"ctrl|{ctx}".encode())])
                 pool = np.sort(rng.choice(pool, self.max_cells, replace=False))
-            e = self._energy(exp.rows(pool)[:, gene_idx])
+            e = energy_distance(exp.rows(pool)[:, gene_idx], self.target[ctx])
             if e <= 0:
                 raise InputError(f"context {ctx!r}'s controls are already at the target "
                                  "(energy distance 0); a population score needs a target that "
@@ -120,7 +128,7 @@ class PopulationScorer:
 
     def score(self, x_pred: np.ndarray, context: str) -> float:
         x = self._sample(np.asarray(x_pred), f"pred|{context}")
-        return 1.0 - self._energy(x) / self.ctrl_energy[context]
+        return 1.0 - energy_distance(x, self.target[context]) / self.ctrl_energy[context]
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -164,37 +172,54 @@ def read_signature(path: Path) -> SignatureScorer:
     return SignatureScorer(list(genes[direction.isin(UP)]), list(genes[direction.isin(DOWN)]))
 
 
-def read_population(path: Path, max_cells: int = 500, seed: int = 0) -> PopulationScorer:
-    """Target cells from an .h5ad: at most ``max_cells`` rows (seeded), normalised like
+def read_population(path: Path, max_cells: int = 500, seed: int = 0,
+                    context_key: str | None = None) -> PopulationScorer:
+    """Target cells from an .h5ad's X: at most ``max_cells`` rows (per value of the obs column
+    ``context_key`` when given; seeded), normalised like
     :func:`~perturbcast.data.read_experiment` (raw counts -> total 1e4 + log1p)."""
     import anndata as ad
     import scipy.sparse as sp
+
+    from ..data import validate
 
     try:
         adata = ad.read_h5ad(path, backed="r")
     except Exception as exc:  # noqa: BLE001 - any reader failure is a user input problem
         raise InputError(f"could not read {path} as h5ad ({type(exc).__name__}).") from exc
-    n = adata.n_obs
-    if n == 0:
-        raise InputError(f"{path} has no cells; the target population needs cells.")
-    rows = np.arange(n)
-    if n > max_cells:
-        rows = np.sort(np.random.default_rng([seed, 1]).choice(n, max_cells, replace=False))
-    x = adata.X[rows]
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    genes = np.asarray(adata.var_names.astype(str))
-    adata.file.close()
+    try:
+        if adata.n_obs == 0:
+            raise InputError(f"{path} has no cells; the target population needs cells.")
+        rng = np.random.default_rng([seed, 1])
+        labels, groups = None, [np.arange(adata.n_obs)]
+        if context_key is not None:
+            validate.check_obs_column(adata.obs, context_key, "--target-context-key")
+            labels = adata.obs[context_key].astype(str).to_numpy()
+            groups = [np.flatnonzero(labels == c) for c in sorted(set(labels))]
+        rows = np.sort(np.concatenate([g if g.size <= max_cells else
+                                       rng.choice(g, max_cells, replace=False)
+                                       for g in groups]))
+        x = adata.X[rows]
+        x = x.toarray() if sp.issparse(x) else np.asarray(x)
+        genes = np.asarray(adata.var_names.astype(str))
+    finally:
+        adata.file.close()
+    contexts = labels[rows] if labels is not None else None
     x = np.asarray(normalize_log1p(x, detect_scale(x)), dtype=np.float32)
-    return PopulationScorer(x, genes, max_cells=max_cells)
+    return PopulationScorer(x, genes, max_cells=max_cells, contexts=contexts,
+                            context_key=context_key)
 
 
-def read_target(path: str | os.PathLike, max_cells: int = 500, seed: int = 0):
-    """A scorer from a target file: .h5ad = population; .json/.csv/.tsv = signature."""
+def read_target(path: str | os.PathLike, max_cells: int = 500, seed: int = 0,
+                context_key: str | None = None):
+    """A scorer from a target file: .h5ad = population (optionally per context: obs column
+    ``context_key``); .json/.csv/.tsv = signature."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}; check the path passed to --rank-by.")
     if path.suffix.lower() == ".h5ad":
-        return read_population(path, max_cells=max_cells, seed=seed)
+        return read_population(path, max_cells=max_cells, seed=seed, context_key=context_key)
+    if context_key is not None:
+        raise InputError("--target-context-key applies to population targets (.h5ad) only.")
     if path.suffix.lower() in (".json", ".csv", ".tsv"):
         return read_signature(path)
     raise InputError(f"--rank-by {path}: use an .h5ad (population of cells) or a signature "
