@@ -225,8 +225,8 @@ def print_ranked(ranked: pd.DataFrame, console, n: int = 20) -> None:
 
     score = ranked.columns[3]
     table = Table(title=f"in-silico screen: top {min(n, len(ranked))} by {score}")
-    for col in ("rank", "perturbation", "context", score, "top_up", "top_down"):
-        table.add_column(col, justify="right" if col in ("rank", score) else "left")
+    for col in ("rank", "perturbation", "context", "score", "top_up", "top_down"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
     for r in ranked.head(n).itertuples(index=False):
         d = r._asdict()
         table.add_row(str(d["rank"]), d["perturbation"], d["context"], f"{d[score]:.3f}",
