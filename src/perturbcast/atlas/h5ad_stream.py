@@ -58,7 +58,10 @@ class StreamingH5ad:
     def __init__(self, path: str | os.PathLike, genes: Sequence[str],
                  categories: Mapping[str, Sequence[str]], uns: Mapping[str, Any] | None = None,
                  chunk_bytes: int = 1 << 20, buffer_bytes: int = 8 << 20) -> None:
-        from anndata.io import write_elem
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # anndata < 0.11 keeps it in experimental
+            from anndata.experimental import write_elem
 
         self.n_genes = len(genes)
         self.n_obs = 0
