@@ -41,6 +41,7 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    _chmod_like_new(tmp, is_dir)
     try:
         yield tmp
         if is_dir and path.exists():
@@ -52,6 +53,13 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def _chmod_like_new(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give them the modes a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~umask)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
