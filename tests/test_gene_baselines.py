@@ -148,3 +148,21 @@ def test_default_table_reaches_real_gene_names(tmp_path):
         get_model("linear", embeddings="none")
     with pytest.raises(InputError, match="must be >= 1"):
         get_model("knn", k=0)
+
+
+def test_set_model_uses_the_default_table_and_saves_it_compactly(tmp_path):
+    genes = ["STAT1", "IRF1", "JAK2", "MARCH8", "CD274", "SPI1"]
+    a = screen(np.zeros((6, 1)), 0.3 * np.random.default_rng(4).standard_normal((6, 30)))
+    a.obs["perturbation"] = a.obs["perturbation"].map(
+        lambda p: genes[int(p[1:])] if p.startswith("P") else p)
+    exp = read_experiment(a, "perturbation", "control", context_key="context")
+    m = get_model("transition", max_steps=2, dim=16, depth=1, n_heads=2, set_size=8,
+                  n_sets=2, n_latent=8).fit(exp, exp.perturbations != "SPI1")
+    assert m.features.n_features == 125 and m.features.feature_row("MYC") is not None
+    before = m.predict(exp, [("SPI1", "c0"), ("MYC+STAT1", "c1")], n_cells=4)  # unseen: table
+    m.save(tmp_path / "m")
+    with np.load(tmp_path / "m" / "state.npz") as z:  # former symbols' rows stored once
+        assert len(z["pf_feature_vectors"]) < 25_000 < len(z["pf_feature_names"])
+    loaded = PerturbationModel.load(tmp_path / "m")
+    after = loaded.predict(exp, [("SPI1", "c0"), ("MYC+STAT1", "c1")], n_cells=4)
+    np.testing.assert_array_equal(before.X, after.X)
