@@ -14,13 +14,16 @@ training contexts, else the context's mean delta; ``predict`` warns with how man
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 
 from ..data.experiment import Experiment
 from ..errors import InputError, preview
-from .base import _parse_conditions
+from .base import Condition, _parse_conditions
 from .baselines import MeanShiftModel
 from .perturbation_features import PerturbationFeatures, resolve_embeddings
 
@@ -78,10 +81,16 @@ class GeneTableBaseline(MeanShiftModel):
         return self.table.feature_vectors[rows].astype(np.float64).sum(0)
 
     def fallback_delta(self, pert: str, ctx: str) -> np.ndarray:
+        """Delta of a perturbation without a vector, shape (n_genes,): its mean delta in other
+        training contexts, else the context's mean delta."""
         d = self.perturbation_delta(pert, exclude_context=ctx)
         return d if d is not None else self.context_delta(ctx)
 
-    def predict(self, exp, conditions, n_cells=100, include_controls=False):
+    def predict(self, exp: Experiment, conditions: Iterable[Condition] | pd.DataFrame,
+                n_cells: int | Mapping[Condition, int] = 100,
+                include_controls: bool = False) -> ad.AnnData:
+        """As :meth:`PerturbationModel.predict`; warns first with how many perturbations have
+        no row in the gene table (they get the fallback delta)."""
         self._check_fitted()
         conds, _ = _parse_conditions(conditions, 1)
         perts = sorted({p for p, _ in conds})
@@ -140,10 +149,10 @@ class LinearBaseline(GeneTableBaseline):
     def _can_use_vector(self, pert: str) -> bool:
         return self.weights.shape[0] > 0 and self.vector_of(pert) is not None
 
-    def _state(self):
+    def _state(self) -> dict[str, np.ndarray]:
         return {**super()._state(), "weights": self.weights}
 
-    def delta(self, pert, ctx):
+    def delta(self, pert: str, ctx: str) -> np.ndarray:
         emb = self.vector_of(pert) if self.weights.shape[0] else None
         if emb is None:
             return self.fallback_delta(pert, ctx)
@@ -158,6 +167,9 @@ class KnnBaseline(GeneTableBaseline):
     contexts). b_c is the context's mean training delta. ``k`` (default: chosen) is picked from
     ``k_grid`` by leave-one-out over the training perturbations only: each is predicted from
     its nearest others, and the k with the smallest squared error wins (the smaller on ties).
+    ``n_components``: PCs of the training deltas that make the ``embeddings="train"`` vectors.
+    With ``"train"`` those PCs are computed from all training perturbations, the held-out one
+    included, so the leave-one-out error is slightly optimistic there (not with tables).
     """
 
     name = "knn"
@@ -226,15 +238,15 @@ class KnnBaseline(GeneTableBaseline):
     def _can_use_vector(self, pert: str) -> bool:
         return len(self.nn_pert) > 0 and self.vector_of(pert) is not None
 
-    def _state(self):
+    def _state(self) -> dict[str, np.ndarray]:
         return {**super()._state(), "nn_pert": self.nn_pert, "nn_resid": self.nn_resid,
                 "nn_unit": self.nn_unit, "k": np.asarray(self.k), "cv_error": self.cv_error}
 
-    def _set_state(self, state):
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
         super()._set_state(state)
         self.k = int(self.k)
 
-    def delta(self, pert, ctx):
+    def delta(self, pert: str, ctx: str) -> np.ndarray:
         if not self._can_use_vector(pert):
             return self.fallback_delta(pert, ctx)
         return self.context_delta(ctx) + self.nn_resid[self.neighbours(pert)].mean(0)
