@@ -5,40 +5,22 @@ line of key=value figures: seconds per task, each task's best baseline and its s
 every non-baseline model its score, pearson_delta and score minus the best baseline's.
 
     python benchmarks/bench_tasks.py [--models a,b,...] [--params '{"max_steps": 800}']
-        [--embeddings PATH]   # a name -> vector table for set models (default: gene2word
-                              # vectors from ../shared/priors, genes it lacks filled in from GO
-                              # vectors, see bench_gene_features.py; "train" without priors)
+        [--embeddings SPEC]   # gene vectors for the set models: "default" (the built-in
+                              # human gene table, also linear's and knn's default), "train" or
+                              # a name -> vector table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
 from perturbcast.benchmark import run_benchmark
-from perturbcast.datasets.priors import fill_missing, go_gene_vectors_from_folder, save_table
 from perturbcast.datasets.tasks import TASKS, load_task
 from perturbcast.eval.report import print_summary
 from perturbcast.models import BASELINES
-from perturbcast.models.perturbation_features import load_embedding_table
-
-PRIORS = Path(__file__).resolve().parents[2] / "shared/priors"
-G2W = PRIORS / "gene2word/gene2word_lsi125_human_pc.npz"
-GO = PRIORS / "orghs_go"
-
-
-def default_table(folder: str) -> str:
-    """gene2word vectors, genes they lack filled in from GO vectors, written under folder."""
-    if not (G2W.exists() and (GO / "gene2go.tsv.gz").exists()):
-        return "train"
-    go = go_gene_vectors_from_folder(GO)
-    path = Path(folder) / "gene2word_filled_go.npz"
-    save_table(path, *fill_missing(load_embedding_table(G2W), go))
-    return str(path)
 
 
 def main() -> None:
@@ -46,12 +28,11 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(BASELINES))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--params", default="{}", help="JSON parameters for non-baseline models")
-    ap.add_argument("--embeddings", default=None)
+    ap.add_argument("--embeddings", default="default")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     models = args.models.split(",")
-    tmp = tempfile.TemporaryDirectory()
-    extra = {"embeddings": args.embeddings or default_table(tmp.name), **json.loads(args.params)}
+    extra = {"embeddings": args.embeddings, **json.loads(args.params)}
     model_params = {m: extra for m in models if m not in BASELINES}
     figures = {}
     t_all = time.perf_counter()

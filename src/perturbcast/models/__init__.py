@@ -9,15 +9,15 @@ from .baselines import (
     CellMeanBaseline,
     ContextMeanBaseline,
     ControlBaseline,
-    LinearBaseline,
     PerturbationMeanBaseline,
 )
+from .gene_baselines import KnnBaseline, LinearBaseline
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
     m.name: m
     for m in (ControlBaseline, CellMeanBaseline, ContextMeanBaseline, PerturbationMeanBaseline,
-              AdditiveBaseline, LinearBaseline)
+              AdditiveBaseline, LinearBaseline, KnnBaseline)
 }
 BASELINES = tuple(MODELS)
 MODELS.update({m.name: m for m in (FlowModel, TransitionModel)})

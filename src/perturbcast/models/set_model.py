@@ -14,9 +14,10 @@ max_steps, lr, patience, val_fraction : training; validation sets are held-out p
     cells of every training condition, generated from training controls (``val_controls=
     "held_out"`` holds out controls too), scored by the error of the set's mean change
     (+ energy distance with ``val_energy``); the best epoch's weights are kept
-embeddings : "train" (gene features from training data), "none", or a table path (csv/parquet/npz);
-    several comma-separated paths are joined side by side (see
-    :func:`~perturbcast.datasets.priors.join_tables`)
+embeddings : "default" (the built-in human gene table; "train" with a warning when it has no row
+    for any training perturbation), "train" (gene features from training data), "none", or a
+    table path (csv/parquet/npz); several comma-separated are joined side by side (see
+    :func:`~perturbcast.models.perturbation_features.resolve_embeddings`)
 dose_key : obs column with a dose per cell (scalar input), or None
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
@@ -44,13 +45,13 @@ from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import (
     PerturbationFeatures,
-    load_embedding_tables,
+    resolve_embeddings,
     training_gene_features,
 )
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
-    max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="train", dose_key=None,
+    max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="default", dose_key=None,
     learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None, show_progress=False,
     val_energy=False, val_controls="train",
 )
@@ -64,6 +65,7 @@ class SetModel(PerturbationModel):
     """Shared machinery; see the module docstring for the parameters."""
 
     name: ClassVar[str] = "set_model"
+    takes_embeddings: ClassVar[bool] = True
     use_time: ClassVar[bool] = False
     extra_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -199,11 +201,9 @@ class SetModel(PerturbationModel):
         return pd.Series(dose).groupby(perts).median().fillna(0.0).to_dict()
 
     def _build_features(self, exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells):
-        emb = self.params["embeddings"]
         learned = sorted({c for k in cond_keys for c in exp.components(k[0])})
-        if emb in (None, "none"):
-            names, vecs = np.zeros(0, str), np.zeros((0, 0), np.float32)
-        elif emb == "train":
+
+        def train_table() -> tuple[np.ndarray, np.ndarray]:
             ctrl_mean = {c: x[is_ctrl & (ctxs == c)].mean(0) for c in np.unique(ctxs[is_ctrl])}
             glob = x[is_ctrl].mean(0)
             deltas = np.stack([x[cells].mean(0) - ctrl_mean.get(k[1], glob)
@@ -211,9 +211,10 @@ class SetModel(PerturbationModel):
             ctrl = np.flatnonzero(is_ctrl)
             ctrl = ctrl[np.random.default_rng(self.seed).permutation(ctrl.size)[:5000]]
             names = exp.genes.astype(str)
-            vecs = training_gene_features(names, deltas, x[ctrl])
-        else:
-            names, vecs = load_embedding_tables(emb)
+            return names, training_gene_features(names, deltas, x[ctrl])
+
+        names, vecs, _ = resolve_embeddings(self.params["embeddings"], learned, train_table,
+                                            self.name)
         if vecs.size:
             vecs = vecs / (vecs.std() + 1e-12)
         return PerturbationFeatures(learned, names, vecs, exp.separator, exp.control)
