@@ -14,7 +14,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .data.experiment import Experiment
+from .data.experiment import Experiment, select_genes
+from .data.preprocess import uns_record
 from .data.splits import Split
 from .eval.de import FdrMode
 from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
@@ -47,7 +48,20 @@ def _real_adata(exp: Experiment, mask: np.ndarray) -> ad.AnnData:
     idx = np.flatnonzero(mask)
     obs = pd.DataFrame({exp.perturbation_key: exp.perturbations[idx]},
                        index=exp.adata.obs_names[idx].astype(str))
-    return ad.AnnData(X=exp.rows(idx), obs=obs, var=pd.DataFrame(index=exp.genes))
+    return ad.AnnData(X=exp.rows(idx), obs=obs, var=pd.DataFrame(index=exp.genes),
+                      uns={"perturbcast": {"normalization": uns_record(exp.normalization)}})
+
+
+def check_folds(exp: Experiment, split: Split, models: list[str],
+                model_params: dict[str, dict], seed: int = 0) -> None:
+    """Fail before any training when a fold does not match the data or a model could not
+    predict a fold's test perturbations (e.g. an unseen one without a gene vector)."""
+    for fold in split.folds:
+        train = fold.train_mask(exp)
+        test_perts = sorted({p for p, _ in fold.test})
+        for name in models:
+            model = get_model(name, seed=seed, **model_params.get(name, {}))
+            model.check_can_predict(exp, test_perts, train)
 
 
 def run_benchmark(
@@ -59,16 +73,26 @@ def run_benchmark(
     edistance: bool = True,
     model_params: dict[str, dict] | None = None,
     show_progress: bool = True,
+    n_top_genes: int | None = None,
 ) -> BenchmarkResult:
-    """Fit and evaluate each model on each fold; see :class:`BenchmarkResult`."""
+    """Fit and evaluate each model on each fold; see :class:`BenchmarkResult`.
+
+    ``n_top_genes``: per fold, keep the most variable genes of that fold's training cells
+    (:func:`~perturbcast.data.select_genes`), so held-out perturbations cannot choose them.
+    Every fold and model is checked first (:func:`check_folds`), before any training.
+    """
     model_params = model_params or {}
     names = list(dict.fromkeys([REFERENCE_MODEL, *models]))
+    check_folds(exp, split, names, model_params, seed)
+    full = exp
     rows, units = [], []
     timings = {m: 0.0 for m in names}
     total = len(split.folds) * len(names)
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("benchmark", total=total)
         for fold in split.folds:
+            if n_top_genes is not None and n_top_genes < full.n_genes:
+                exp = select_genes(full, n_top_genes, mask=fold.train_mask(full))
             train = fold.train_mask(exp)
             test = fold.test_mask(exp)
             refs = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,17 @@ def _read(data, perturbation_key, control, context_key, batch_key, layer, backed
     return read_experiment(data, perturbation_key, control, context_key=context_key,
                            batch_key=batch_key, layer=layer, backed=backed,
                            min_cells=min_cells, drop_small_groups=drop_small_groups)
+
+
+def _obs_columns(path: Path) -> list[str]:
+    """obs column names of an h5ad without loading X."""
+    from .data.reading import open_h5ad
+
+    a = open_h5ad(path, backed=True)
+    try:
+        return [str(c) for c in a.obs.columns]
+    finally:
+        a.file.close()
 
 
 def _models(spec: str | None) -> list[str]:
@@ -195,7 +207,10 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
+    m = get_model(model, seed=seed, **_parse_params(param))
+    if split_file is not None:  # fail before training if the fold's test cannot be predicted
+        m.check_can_predict(exp, sorted({p for p, _ in chosen.test}), mask)
+    m.fit(exp, mask)
     m.save(out_dir)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
@@ -220,7 +235,12 @@ def predict(
 
     m = PerturbationModel.load(model_dir)
     k = m.keys
-    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
+    batch_key = k.get("batch_key")
+    if batch_key and batch_key not in _obs_columns(data):
+        warnings.warn(f"the model was trained with batch key {batch_key!r}, which {data} lacks; "
+                      f"its cells are predicted as batch 'unknown'.", stacklevel=1)
+        batch_key = None
+    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], batch_key, layer,
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
@@ -289,22 +309,23 @@ def evaluate(
     "per_perturbation",
     epsilon: Annotated[float, typer.Option("--epsilon", help="LFC pseudocount (0 = cell-eval)")
                        ] = 0.0,
+    context_key: Annotated[str | None, typer.Option(
+        "--context-key", help="obs column of contexts in both files: score per (perturbation, "
+        "context). Default: the predictions' context column when the real file has it.")] = None,
 ) -> None:
-    """Score predictions like cell-eval: writes summary.json and per_perturbation.csv."""
-    import anndata as ad
+    """Score predictions like cell-eval: writes summary.json and per_perturbation.csv.
 
-    from .eval import Reference
+    Raw counts in --real are normalised like the predictions' input (recorded by predict)."""
+    from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
     from .eval.report import write_csv
     from .utils import write_json
 
-    adatas = []
-    for p in (pred, real):
-        if not p.exists():
-            raise InputError(f"file not found: {p}")
-        adatas.append(ad.read_h5ad(p))
-    ref = Reference(adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon)
-    res = run_eval(adatas[0], ref)
+    if fdr not in ("per_perturbation", "global"):
+        raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
+    adatas = [open_h5ad(pred, False, "--pred"), open_h5ad(real, False, "--real")]
+    res = run_eval(adatas[0], adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon,
+                   context_key=context_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", res.summary)
     write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")

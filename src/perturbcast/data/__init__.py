@@ -1,6 +1,6 @@
 """Data layer: read + validate AnnData, preprocessing, perturbation labels, splits."""
 
-from .experiment import NO_CONTEXT, Experiment, read_experiment
+from .experiment import NO_CONTEXT, Experiment, read_experiment, select_genes
 from .labels import components, is_combo, map_targets
 from .splits import Fold, Split, make_split
 
@@ -14,4 +14,5 @@ __all__ = [
     "make_split",
     "map_targets",
     "read_experiment",
+    "select_genes",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.experiment import Experiment
+from ..data.labels import canonical_label
+from ..data.preprocess import uns_record
 from ..errors import InputError, preview
 from ..utils import atomic_path
 
@@ -58,9 +61,16 @@ class PerturbationModel(ABC):
         self.contexts = sorted(set(exp.contexts[mask]))
         self.keys = {"perturbation_key": exp.perturbation_key, "control": exp.control,
                      "context_key": exp.context_key, "batch_key": exp.batch_key,
-                     "separator": exp.separator}
+                     "separator": exp.separator, "normalization": exp.normalization}
         self._fit(exp, mask)
         return self
+
+    def check_can_predict(self, exp: Experiment, perturbations: Iterable[str],
+                          train_mask: np.ndarray | None = None) -> None:
+        """Raise InputError now if fitting on ``train_mask`` could not predict ``perturbations``
+        (e.g. an unseen perturbation with no gene vector), so a benchmark fails before the long
+        fit rather than after it. Default: every model can predict any label."""
+        return None
 
     def predict(
         self,
@@ -86,6 +96,13 @@ class PerturbationModel(ABC):
         """
         self._check_fitted()
         conds, counts = _parse_conditions(conditions, n_cells)
+        sep, control = self.keys.get("separator", "+"), self.keys.get("control", exp.control)
+        conds = [(canonical_label(p, sep, control), c) for p, c in conds]
+        unseen = sorted({c for _, c in conds} - set(self.contexts))
+        if unseen:
+            warnings.warn(f"{self.name}: context(s) {preview(unseen, 5)} were not in training "
+                          f"(trained on {preview(self.contexts, 5)}); predicting there from "
+                          f"their control cells only.", stacklevel=2)
         gene_idx = self._gene_index(exp)
         ctrl = exp.is_control
         blocks, labels, ctxs = [], [], []
@@ -116,7 +133,9 @@ class PerturbationModel(ABC):
             obs[ckey] = ctxs
         obs.index = [f"pred{i}" for i in range(len(obs))]
         out = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=self.genes.astype(str)))
-        out.uns["perturbcast"] = {"model": self.name, "seed": self.seed}
+        out.uns["perturbcast"] = {"model": self.name, "seed": self.seed,
+                                  "normalization": uns_record(exp.normalization),
+                                  "context_key": ckey or ""}
         return out
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -251,3 +251,14 @@ class PerturbationFeatures:
             vectors = vectors[state["pf_feature_rows"]]
         return cls(list(state["pf_learned"].astype(str)), state["pf_feature_names"].astype(str),
                    vectors, separator, control)
+
+
+def numeric_doses(values: np.ndarray, key: str) -> np.ndarray:
+    """Doses as float64; values that do not parse as numbers are an error naming them."""
+    num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
+    bad = sorted({str(v) for v, d in zip(values, num, strict=True)
+                  if np.isnan(d) and not pd.isna(v)})
+    if bad:
+        raise InputError(f"obs[{key!r}] has non-numeric dose(s) {bad[:5]}; give doses as "
+                         f"numbers (e.g. 0.1, not '0.1uM').")
+    return num

@@ -26,6 +26,7 @@ learned_dropout, context_dropout : see :class:`~perturbcast.modules.Perturbation
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import (
     PerturbationFeatures,
+    numeric_doses,
     resolve_embeddings,
     training_gene_features,
 )
@@ -108,6 +110,25 @@ class SetModel(PerturbationModel):
         return loss
 
     # ---- fitting -----------------------------------------------------------------------------
+    def check_can_predict(self, exp: Experiment, perturbations, train_mask=None) -> None:
+        """Raise before training if a perturbation to predict would have neither a learned
+        embedding (seen in training) nor a feature row (see :meth:`_feature_names`)."""
+        mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
+        learned = sorted({c for p in set(exp.perturbations[mask]) for c in exp.components(p)})
+        names = self._feature_names(exp, learned)
+        PerturbationFeatures(learned, names, np.zeros((len(names), 0), np.float32),
+                             exp.separator, exp.control).check(list(perturbations))
+
+    def _feature_names(self, exp: Experiment, learned: list[str]) -> np.ndarray:
+        """Names that will have a feature vector for ``embeddings`` (no training needed)."""
+        genes = exp.genes.astype(str)
+        with warnings.catch_warnings():  # the fit itself announces a switch to "train"
+            warnings.simplefilter("ignore")
+            names, _, _ = resolve_embeddings(
+                self.params["embeddings"], learned,
+                lambda: (genes, np.zeros((len(genes), 0), np.float32)), self.name)
+        return names
+
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params
         seed_everything(self.seed)
@@ -167,6 +188,11 @@ class SetModel(PerturbationModel):
             val_sampler = sampler(val_cells, ctrl_val, val_keep)
             vr = np.random.default_rng(self.seed + 1)
             val_batches = [make(val_sampler, val_keep, vr, 0.0) for _ in range(N_VAL_BATCHES)]
+        else:
+            warnings.warn(f"{self.name}: no validation cells (val_fraction={p['val_fraction']}, "
+                          f"groups too small to hold any out), so no early stopping: training "
+                          f"runs all max_steps={p['max_steps']} and keeps the last weights.",
+                          stacklevel=3)
         config = TrainConfig(max_steps=p["max_steps"], lr=p["lr"], patience=p["patience"],
                              checkpoint_dir=p["checkpoint_dir"], show_progress=p["show_progress"],
                              warmup_steps=min(100, max(1, p["max_steps"] // 10)),
@@ -197,7 +223,10 @@ class SetModel(PerturbationModel):
         key = self.params["dose_key"]
         if key is None:
             return {}
-        dose = pd.to_numeric(exp.adata.obs[key].to_numpy()[idx], errors="coerce")
+        if key not in exp.adata.obs:
+            raise InputError(f"{self.name}: dose_key {key!r} is not an obs column; pass an obs "
+                             f"column of numeric doses, or dose_key=None.")
+        dose = numeric_doses(exp.adata.obs[key].to_numpy()[idx], key)
         return pd.Series(dose).groupby(perts).median().fillna(0.0).to_dict()
 
     def _build_features(self, exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells):
@@ -236,6 +265,14 @@ class SetModel(PerturbationModel):
         size = self.params["set_size"]
         use_batch = exp.batches is not None and ctrl_idx is not None and bool(self.batch_names)
         cell_batch = exp.batches[ctrl_idx].astype(str) if use_batch else np.zeros(n, str)
+        if self.batch_names and not use_batch:
+            warnings.warn(f"{self.name}: the model was trained with batches but the input has "
+                          f"no batch key; every set is predicted as batch 'unknown'.",
+                          stacklevel=3)
+        unknown = sorted(map(str, set(cell_batch) - set(self.batch_names))) if use_batch else []
+        if unknown:
+            warnings.warn(f"{self.name}: batch(es) {unknown[:5]} were not in training; their "
+                          f"sets are predicted as batch 'unknown'.", stacklevel=3)
         sets, set_batch = [], []
         for name in np.unique(cell_batch):
             g = np.flatnonzero(cell_batch == name)
@@ -250,6 +287,9 @@ class SetModel(PerturbationModel):
             x0[i, :s.size] = z[s]
             mask[i, :s.size] = True
         ctx = self.context_names.index(context) + 1 if context in self.context_names else 0
+        if ctx == 0:
+            warnings.warn(f"{self.name}: context {context!r} had no perturbed training cells; "
+                          f"predicted as context 'unknown'.", stacklevel=3)
         cond = {k: torch.from_numpy(np.repeat(v, len(sets), axis=0)) for k, v in enc.items()}
         cond["context"] = torch.full((len(sets),), ctx, dtype=torch.long)
         cond["batch"] = torch.as_tensor(set_batch, dtype=torch.long)
@@ -263,6 +303,7 @@ class SetModel(PerturbationModel):
         return x_ctrl + self.latent.decode_change(out - z)
 
     def _batch_id(self, name) -> int:
+        """1-based id of a training batch; 0 ('unknown') for None or an unseen batch."""
         if name is None or str(name) not in self.batch_names:
             return 0
         return self.batch_names.index(str(name)) + 1
@@ -274,9 +315,12 @@ class SetModel(PerturbationModel):
         if key in exp.adata.obs:
             sel = (exp.perturbations == pert) & (exp.contexts == ctx)
             if sel.any():
-                d = pd.to_numeric(exp.adata.obs[key].to_numpy()[sel], errors="coerce")
+                d = numeric_doses(exp.adata.obs[key].to_numpy()[sel], key)
                 if np.isfinite(d).any():
                     return float(np.nanmedian(d))
+        if pert not in self.doses:
+            warnings.warn(f"{self.name}: no dose for {pert!r} (obs[{key!r}] of the input, or "
+                          f"training); predicting it at dose 0.", stacklevel=3)
         return float(self.doses.get(pert, 0.0))
 
     # ---- saving --------------------------------------------------------------------------------
@@ -309,3 +353,4 @@ class SetModel(PerturbationModel):
     def _load_extra(self, directory: Path) -> None:
         f = directory / "training.json"
         self.training_summary = json.loads(f.read_text()) if f.exists() else {}
+

@@ -12,11 +12,12 @@ gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,24 @@ class _Fixed(IterableDataset):
         return iter(self.batches)
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator and every CUDA generator for the body, then restore all of
+    them, so a seeded validation pass does not replay the same training noise each epoch."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    torch.default_generator.manual_seed(seed)
+    if cuda:
+        torch.cuda.manual_seed_all(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
 class SetTrainingModule(L.LightningModule):
     """Wraps ``net`` and its ``loss_fn``; ``meta`` is stored in every checkpoint."""
 
@@ -80,11 +99,8 @@ class SetTrainingModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        state = torch.get_rng_state()
-        torch.manual_seed(1000 + batch_idx)  # the same flow times / noise every epoch
-        with torch.no_grad():
+        with seeded_rng(1000 + batch_idx), torch.no_grad():  # same flow times / noise per epoch
             loss = self.val_fn(self.net, batch)
-        torch.set_rng_state(state)
         self.log("val_loss", loss, prog_bar=True, batch_size=1, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
