@@ -283,6 +283,29 @@ def simulate(
               f"(obs: perturbation, context, batch; control label 'control')")
 
 
+@app.command()
+def convert(
+    inputs: Annotated[list[Path], typer.Argument(help="Input .h5ad file(s).")],
+    perturbation_key: PertKey, control: Control,
+    out_dir: Annotated[Path, typer.Option("--out", help="Store folder to write.")],
+    context_key: CtxKey = None, batch_key: BatchKey = None,
+    join: Annotated[str, typer.Option("--join", help="Genes of several files: inner "
+                                      "(intersection) or outer (union; missing genes "
+                                      "recorded per file).")] = "inner",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read at a time.")]
+    = 16384,
+    seed: Seed = 0,
+) -> None:
+    """Stream h5ad files into a group-sorted out-of-core store (read it with --data STORE)."""
+    from .data.convert import convert as run_convert
+
+    path = run_convert(inputs, out_dir, perturbation_key, control, context_key, batch_key,
+                       join=join, chunk_size=chunk_size, seed=seed)
+    info = json.loads((path / "store.json").read_text())
+    err.print(f"wrote {path}: {info['n_cells']} cells x {len(info['genes'])} genes, "
+              f"{info['nnz']} stored values")
+
+
 @app.command("gene-vectors")
 def gene_vectors(
     gene2go: Annotated[Path, typer.Option("--gene2go", help="GO annotations .tsv(.gz): "

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -53,6 +54,7 @@ class Experiment:
     input_scale: Scale = "log1p"
     normalize_on_read: bool = False
     meta: dict = field(default_factory=dict)
+    matrix: Any = None  # a matrix backend (rows(idx), shape, isbacked), e.g. a StoreMatrix
 
     # ---- labels ---------------------------------------------------------------------------
     @property
@@ -126,6 +128,8 @@ class Experiment:
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 log1p-normalised expression of cells ``idx``, shape (len(idx), n_genes)."""
         idx = np.asarray(idx, dtype=np.int64)
+        if self.matrix is not None:  # out-of-core store: already log1p-normalised
+            return self.matrix.rows(idx)
         if self.adata.isbacked:
             order = np.argsort(idx, kind="stable")
             block = self.adata.X[idx[order]]
@@ -174,7 +178,7 @@ class Experiment:
             (np.ones(cell_idx.size), (codes, cell_idx)), shape=(len(uniques), self.n_cells)
         )
         sums = np.zeros((len(uniques), self.n_genes))
-        if self.adata.isbacked or self.normalize_on_read:
+        if self.adata.isbacked or self.normalize_on_read or self.matrix is not None:
             for start, block in self.iter_blocks():
                 sums += ind[:, start : start + block.shape[0]] @ block.astype(np.float64)
         else:
@@ -193,6 +197,9 @@ class Experiment:
         sub = self.adata[mask]
         if not self.adata.isbacked:
             sub = sub.copy()
+        if self.matrix is not None:
+            rows = np.arange(self.n_cells)[mask]
+            return replace(self, adata=sub, matrix=self.matrix.subset(rows))
         return replace(self, adata=sub)
 
     def describe(self) -> str:
@@ -240,6 +247,15 @@ def read_experiment(
     InputError
         One line naming the problem and its fix.
     """
+    from .store import is_store
+
+    if not isinstance(source, ad.AnnData) and is_store(source):
+        from .store_experiment import read_store
+
+        return read_store(source, perturbation_key, control, context_key, batch_key,
+                          separator=separator, min_cells=min_cells,
+                          drop_small_groups=drop_small_groups, exclude=exclude,
+                          n_top_genes=n_top_genes)
     adata = _open(source, backed)
     obs = adata.obs
     validate.check_obs_column(obs, perturbation_key, "--perturbation-key")
@@ -310,7 +326,7 @@ def select_genes(exp: Experiment, n_top_genes: int) -> Experiment:
     """Keep the ``n_top_genes`` most variable genes, always keeping measured targets."""
     keep = np.zeros(exp.n_genes, dtype=bool)
     keep[list(exp.target_index().values())] = True
-    if exp.adata.isbacked or exp.normalize_on_read:
+    if exp.adata.isbacked or exp.normalize_on_read or exp.matrix is not None:
         sample = np.sort(np.random.default_rng(0).permutation(exp.n_cells)[:20000])
         x = exp.rows(sample)
     else:
@@ -319,6 +335,8 @@ def select_genes(exp: Experiment, n_top_genes: int) -> Experiment:
     sub = exp.adata[:, idx]
     if not exp.adata.isbacked:
         sub = sub.copy()
+    if exp.matrix is not None:
+        return replace(exp, adata=sub, matrix=exp.matrix.select_columns(idx))
     return replace(exp, adata=sub)
 
 

@@ -18,6 +18,8 @@ embeddings : "train" (gene features from training data), "none", or a table path
     several comma-separated paths are joined side by side (see
     :func:`~perturbcast.datasets.priors.join_tables`)
 dose_key : obs column with a dose per cell (scalar input), or None
+memory_budget_gb : load the training cells densely when they fit in this many GB, else read
+    each batch's cells from disk (out-of-core data; announced with a warning)
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
 """
@@ -47,12 +49,13 @@ from .perturbation_features import (
     load_embedding_tables,
     training_gene_features,
 )
+from .training_rows import TrainingRows
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="train", dose_key=None,
     learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None, show_progress=False,
-    val_energy=False, val_controls="train",
+    val_energy=False, val_controls="train", memory_budget_gb=4.0,
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out")}
@@ -111,13 +114,12 @@ class SetModel(PerturbationModel):
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         idx = np.flatnonzero(mask)
-        x = exp.rows(idx)
+        x = TrainingRows(exp, idx, p["memory_budget_gb"])
         perts = exp.perturbations[idx].astype(str)
         ctxs = exp.contexts[idx].astype(str)
         batches = exp.batches[idx].astype(str) if exp.batches is not None else None
         is_ctrl = perts == exp.control
-        self.latent = LatentSpace(p["space"], p["n_latent"]).fit(x, rng)
-        z = self.latent.encode(x)
+        self.latent = x.fit_latent(LatentSpace(p["space"], p["n_latent"]), rng)
 
         groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
         cond_keys = sorted(groups)
@@ -151,15 +153,14 @@ class SetModel(PerturbationModel):
         train_sampler = sampler(train_cells, ctrl_train, all_conds)
         val_keep = np.array([i for i, v in enumerate(val_cells) if v.size], int)
         has_val_ctrl = all(c.size for c in ctrl_val)
-        z_t = torch.from_numpy(z)
         enc_t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
 
         def make(smp: SetSampler, keep: np.ndarray, r: np.random.Generator, drop: float):
             b = smp.sample(p["n_sets"], r)
             b.condition = keep[b.condition]
-            return self._batch_tensors(b, z, z_t, enc_t, r, drop)
+            return self._batch_tensors(b, x, enc_t, r, drop)
 
-        self.net = self._new_net(z.shape[1])
+        self.net = self._new_net(x.dim)
         val_batches = []
         if val_keep.size and has_val_ctrl:
             val_sampler = sampler(val_cells, ctrl_val, val_keep)
@@ -175,11 +176,13 @@ class SetModel(PerturbationModel):
             self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
                                               p["context_dropout"]), val_batches, config, meta,
             self.validation_loss)
+        self.training_summary["data_mode"] = x.mode
 
-    def _batch_tensors(self, b: SetBatch, z: np.ndarray, z_t: Tensor, enc: dict[str, Tensor],
+    def _batch_tensors(self, b: SetBatch, x: TrainingRows, enc: dict[str, Tensor],
                        rng: np.random.Generator, drop: float) -> dict[str, Tensor]:
-        order = self.arrange(z[b.ctrl], z[b.pert])
-        pert = np.take_along_axis(b.pert, order, axis=1)
+        x0, x1 = x.z(b.ctrl), x.z(b.pert)
+        order = self.arrange(x0, x1)
+        x1 = np.take_along_axis(x1, np.asarray(order)[..., None], axis=1)
         cond = torch.from_numpy(b.condition)
         out = {k: v[cond] for k, v in enc.items()}
         batch = torch.from_numpy(np.maximum(b.batch, 0))
@@ -187,8 +190,8 @@ class SetModel(PerturbationModel):
             out["context"] = out["context"] * torch.from_numpy(rng.random(len(cond)) >= drop)
             batch = batch * torch.from_numpy(rng.random(len(cond)) >= drop)
         out["batch"] = batch
-        out["x0"] = z_t[torch.from_numpy(b.ctrl)]
-        out["x1"] = z_t[torch.from_numpy(pert)]
+        out["x0"] = torch.from_numpy(np.ascontiguousarray(x0))
+        out["x1"] = torch.from_numpy(np.ascontiguousarray(x1))
         return out
 
     def _training_doses(self, exp: Experiment, idx: np.ndarray, perts: np.ndarray):
@@ -204,14 +207,15 @@ class SetModel(PerturbationModel):
         if emb in (None, "none"):
             names, vecs = np.zeros(0, str), np.zeros((0, 0), np.float32)
         elif emb == "train":
-            ctrl_mean = {c: x[is_ctrl & (ctxs == c)].mean(0) for c in np.unique(ctxs[is_ctrl])}
-            glob = x[is_ctrl].mean(0)
-            deltas = np.stack([x[cells].mean(0) - ctrl_mean.get(k[1], glob)
+            ctrl_mean = {c: x.mean(np.flatnonzero(is_ctrl & (ctxs == c)))
+                         for c in np.unique(ctxs[is_ctrl])}
+            glob = x.mean(np.flatnonzero(is_ctrl))
+            deltas = np.stack([x.mean(cells) - ctrl_mean.get(k[1], glob)
                                for k, cells in zip(cond_keys, cond_cells, strict=True)])
             ctrl = np.flatnonzero(is_ctrl)
             ctrl = ctrl[np.random.default_rng(self.seed).permutation(ctrl.size)[:5000]]
             names = exp.genes.astype(str)
-            vecs = training_gene_features(names, deltas, x[ctrl])
+            vecs = training_gene_features(names, deltas, x.read(ctrl))
         else:
             names, vecs = load_embedding_tables(emb)
         if vecs.size:
