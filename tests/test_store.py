@@ -116,3 +116,21 @@ def test_set_model_streams_from_store_with_same_predictions(store, sim_adata):
     a = streamed.predict(exp, conds, n_cells=20).X
     b = dense.predict(ref, conds, n_cells=20).X
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_cli_train_and_predict_from_store(store, tmp_path):
+    base = ["--data", str(store), "--perturbation-key", "perturbation", "--control", "control",
+            "--context-key", "context", "--batch-key", "batch"]
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *base, "--model", "linear", "--devices", "2", "--out",
+              str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *base, "--model", "transition", "--devices", "1", "--precision", "32",
+              "--strategy", "auto", "--param", "max_steps=2", "--param", "dim=16",
+              "--param", "depth=1", "--param", "n_heads=2", "--out", str(tmp_path / "m")])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", str(tmp_path / "m"), "--data", str(store),
+              "--perturbations", "G0013", "--n-cells", "5", "--out", str(tmp_path / "p.h5ad")])
+    assert exc.value.code == 0 and (tmp_path / "p.h5ad").exists()

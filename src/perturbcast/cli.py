@@ -179,8 +179,18 @@ def train(
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
     seed: Seed = 0, backed: Backed = False, param: Params = None,
+    devices: Annotated[str, typer.Option("--devices", help="Set models: processes (GPUs) per "
+                                         "node, or 'auto'.")] = "1",
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Set models: nodes.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="Set models: auto | ddp | "
+                                          "fsdp.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Set models: auto (bf16-mixed "
+                                           "on GPU) | bf16-mixed | 32.")] = "auto",
 ) -> None:
-    """Fit a model (on a fold's training cells, or all cells) and save it."""
+    """Fit a model (on a fold's training cells, or all cells) and save it.
+
+    --data may be an .h5ad or a store folder from `perturbcast convert`. Under torchrun /
+    SLURM every process runs this command; rank 0 saves the model."""
     from .data import Split
     from .models import get_model
 
@@ -195,7 +205,21 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
+    from .models import BASELINES
+    from .train.lightning import global_rank
+
+    params = _parse_params(param)
+    dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
+            "strategy": strategy, "precision": precision}
+    if model in BASELINES:
+        if dist != {"devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "auto"}:
+            raise InputError(f"--devices/--num-nodes/--strategy/--precision apply to the set "
+                             f"models (flow, transition); {model!r} is fitted in one pass.")
+    else:
+        params = {**dist, **params}
+    m = get_model(model, seed=seed, **params).fit(exp, mask)
+    if global_rank() != 0:
+        return
     m.save(out_dir)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")

@@ -252,6 +252,10 @@ def read_experiment(
     if not isinstance(source, ad.AnnData) and is_store(source):
         from .store_experiment import read_store
 
+        if layer is not None or input_scale is not None:
+            raise InputError("layer= / input_scale= do not apply to a store (it holds "
+                             "log1p-normalised X); convert the layer you want instead.")
+
         return read_store(source, perturbation_key, control, context_key, batch_key,
                           separator=separator, min_cells=min_cells,
                           drop_small_groups=drop_small_groups, exclude=exclude,

@@ -92,9 +92,11 @@ class StoreMatrix:
                  cols: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.info = json.loads((self.path / "store.json").read_text())
-        self.indptr = np.load(self.path / "indptr.npy", mmap_mode="r")
-        self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
-        self.data = np.load(self.path / "data.npy", mmap_mode="r")
+        # plain ndarray views of the memory maps: slicing them skips np.memmap's per-slice
+        # bookkeeping (the maps stay open as the views' base)
+        self.indptr, self.indices, self.data = (
+            np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
+            for name in ("indptr", "indices", "data"))
         self.n_store_genes = len(self.info["genes"])
         self.row_map, self.cols = row_map, cols
 
@@ -138,7 +140,10 @@ def open_store(path: str | os.PathLike) -> tuple[StoreMatrix, ad.AnnData, pd.Dat
     obs = pd.read_parquet(path / "obs.parquet")
     obs.index = obs.pop("obs_name").astype(str).to_numpy()
     var = pd.DataFrame(index=pd.Index(matrix.info["genes"], dtype=str))
-    groups = pd.read_csv(path / "groups.csv", dtype={"context": str, "batch": str,
-                                                     "perturbation": str},
-                         keep_default_na=False)
-    return matrix, ad.AnnData(obs=obs, var=var), groups
+    return matrix, ad.AnnData(obs=obs, var=var), read_groups(path)
+
+
+def read_groups(path: str | os.PathLike) -> pd.DataFrame:
+    """The group table of a store: context, batch, perturbation, start, stop (row ranges)."""
+    return pd.read_csv(Path(path) / "groups.csv", keep_default_na=False,
+                       dtype={"context": str, "batch": str, "perturbation": str})

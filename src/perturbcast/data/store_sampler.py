@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import InputError
 from .sets import MIN_BATCH_CONTROLS
-from .store import open_store
+from .store import StoreMatrix, is_store, read_groups
 
 
 @dataclass
@@ -61,7 +61,10 @@ class StoreSetSampler:
 
     def __init__(self, path: str | os.PathLike, set_size: int = 256, n_sets: int = 4,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
-        self.matrix, _, groups = open_store(path)
+        if not is_store(path):
+            raise InputError(f"{path} is not a perturbcast store (no store.json); create one "
+                             f"with `perturbcast convert`.")
+        self.matrix, groups = StoreMatrix(path), read_groups(path)  # no obs: light in workers
         self.set_size, self.n_sets, self.seed = set_size, n_sets, seed
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -70,6 +73,7 @@ class StoreSetSampler:
         if not 0 <= rank < world_size:
             raise InputError(f"rank {rank} is not in 0..{world_size - 1}.")
         self.rank, self.world_size = rank, world_size
+        self._plan: tuple[int, np.ndarray] = (-1, np.zeros((0, 2), np.int64))
         control = self.matrix.info["control"]
         is_ctrl = (groups.perturbation == control).to_numpy()
         self.groups = groups[~is_ctrl].reset_index(drop=True)
@@ -95,6 +99,11 @@ class StoreSetSampler:
 
     def epoch_sets(self, epoch: int) -> np.ndarray:
         """This rank's sets of ``epoch``: (group, first row), shape (n_rank_sets, 2)."""
+        if self._plan[0] != epoch:
+            self._plan = (epoch, self._plan_epoch(epoch))
+        return self._plan[1]
+
+    def _plan_epoch(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         n = self.bounds[:, 1] - self.bounds[:, 0]
         per_group = np.maximum(n // self.set_size, 1)
