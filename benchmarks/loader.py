@@ -2,12 +2,13 @@
 
 Synthetic store: 500k cells x 2,000 genes, ~6% non-zero (Poisson(120) values per cell; gene
 indices random per cell, unsorted: the loader never looks at them), 100 perturbations x 2
-contexts x 2 batches (~1,100 cells each) + controls, written directly as the store's arrays (vectorised). Sets of
-256, 512 and 1,024 cells (+ as many matched controls) are read with
+contexts x 2 batches (~1,100 cells each) + controls, written directly as the store's arrays
+(vectorised). Sets of 256, 512 and 1,024 cells (+ as many matched controls) are read with
 :class:`~perturbcast.data.store_sampler.StoreSetSampler` as CSR batches (densifying them is
 the consumer's job, on the accelerator). In the same run: the sequential-read limit (reading
 indptr/indices/data front to back in 64 MiB blocks) and anndata backed reads of the same
-runs of rows from an h5ad of the same matrix.
+runs of rows from an h5ad of the same matrix, and (when zarr is installed) from zarr v3
+sharded arrays of the same values.
 
 Page cache: this machine does not allow ``/proc/sys/vm/drop_caches`` (not root), so the store
 files are evicted with ``posix_fadvise(DONTNEED)`` before each cold measurement; warm
@@ -135,6 +136,35 @@ def anndata_backed_speed(path: Path, h5ad: Path, seconds: float) -> float:
     return cells / (time.perf_counter() - t0)
 
 
+def zarr_speed(path: Path, seconds: float) -> float | None:
+    """Cells/s reading the same runs of rows from zarr v3 sharded arrays (uncompressed, chunks
+    of 64k values, shards of 4M) instead of the memory maps; None without zarr."""
+    try:
+        import zarr
+    except ImportError:
+        return None
+    indptr = np.load(path / "indptr.npy")
+    arrays = {}
+    for name in FILES[1:]:
+        src = np.load(path / name, mmap_mode="r")
+        z = zarr.create_array(store=str(path / f"{name}.zarr"), shape=src.shape,
+                              dtype=src.dtype, chunks=(1 << 16,), shards=(1 << 22,),
+                              compressors=None)
+        for s in range(0, src.size, 1 << 24):
+            z[s: s + (1 << 24)] = src[s: s + (1 << 24)]
+        arrays[name] = zarr.open_array(str(path / f"{name}.zarr"))
+    rng = np.random.default_rng(0)
+    cells, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        size = int(rng.choice([256, 512, 1024]))
+        r = int(rng.integers(0, indptr.size - 1 - size))
+        a, b = int(indptr[r]), int(indptr[r + size])
+        for z in arrays.values():
+            z[a:b]
+        cells += size
+    return cells / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", type=int, default=500_000)
@@ -162,11 +192,14 @@ def main() -> None:
         cold = sampler_speed(store, args.seconds)
         warm = sampler_speed(store, args.seconds)
         backed = anndata_backed_speed(store, Path(tmp) / "same.h5ad", args.seconds / 2)
+        zarr_cells = zarr_speed(store, args.seconds / 2)
     rows = [("sequential read, cold", seq_cold, seq_cold / bytes_per_cell),
             ("sequential read, warm", seq_warm, seq_warm / bytes_per_cell),
             ("StoreSetSampler, cold", cold["bytes_s"], cold["cells_s"]),
             ("StoreSetSampler, warm", warm["bytes_s"], warm["cells_s"]),
             ("anndata backed runs, warm", backed * bytes_per_cell, backed)]
+    if zarr_cells is not None:
+        rows.append(("zarr v3 sharded runs, warm", zarr_cells * bytes_per_cell, zarr_cells))
     print(f"{'reader':28s} {'MB/s':>9s} {'cells/s':>12s}")
     for name, b, c in rows:
         print(f"{name:28s} {b / 1e6:9.0f} {c:12,.0f}")
@@ -180,7 +213,8 @@ def main() -> None:
           f"seq_limit_cold_cells_per_s={seq_cold / bytes_per_cell:.0f} "
           f"frac_of_limit={warm['bytes_s'] / seq_warm:.2f} "
           f"frac_of_limit_cold={cold['bytes_s'] / seq_cold:.2f} "
-          f"anndata_backed_cells_per_s={backed:.0f}")
+          f"anndata_backed_cells_per_s={backed:.0f} "
+          f"zarr_sharded_cells_per_s={zarr_cells or float('nan'):.0f}")
 
 
 if __name__ == "__main__":

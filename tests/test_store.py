@@ -134,3 +134,15 @@ def test_cli_train_and_predict_from_store(store, tmp_path):
         main(["predict", "--model", str(tmp_path / "m"), "--data", str(store),
               "--perturbations", "G0013", "--n-cells", "5", "--out", str(tmp_path / "p.h5ad")])
     assert exc.value.code == 0 and (tmp_path / "p.h5ad").exists()
+
+
+def test_convert_dense_log1p_input_kept_as_is(tmp_path, sim_adata):
+    a = sim_adata[:200].copy()
+    a.X = np.log1p(a.X.toarray() / 3.0).astype(np.float32)  # dense, fractional, < 15: log1p
+    a.write_h5ad(tmp_path / "dense.h5ad")
+    out = convert([tmp_path / "dense.h5ad"], tmp_path / "st", "perturbation", "control",
+                  chunk_size=64)
+    assert json.loads((out / "store.json").read_text())["sources"][0]["input_scale"] == "log1p"
+    exp = read_experiment(out, "perturbation", "control", min_cells=1)
+    rows = exp.adata.obs["source_row"].to_numpy()
+    np.testing.assert_allclose(exp.rows(np.arange(200)), a.X[rows], rtol=1e-6)
