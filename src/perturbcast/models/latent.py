@@ -54,9 +54,10 @@ class LatentSpace:
         x = read(sel)
         self.mean = x.mean(0).astype(np.float32)
         xc = x - self.mean
+        del x  # a read sample is freed here (peak memory: the sample, its SVD)
         if self.kind == "pca":
             k = max(1, min(self.n_latent, *xc.shape))
-            vt = _top_right_vectors(xc.astype(np.float32), k, rng)
+            vt = _top_right_vectors(xc.astype(np.float32, copy=False), k, rng)
             self.components = np.ascontiguousarray(vt[:k].T, np.float32)
             z = xc @ self.components
         else:
