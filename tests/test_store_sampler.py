@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,6 +67,9 @@ def test_ranks_get_disjoint_sets_and_equal_steps(store):
 
 def test_dataloader_with_two_workers_matches_sequential(store):
     smp = StoreSetSampler(store, set_size=8, n_sets=2, seed=3)
+    assert len(pickle.dumps(smp)) < 20_000  # spawned workers reopen the maps, no copy
+    again = pickle.loads(pickle.dumps(smp))
+    assert (again.batch(0, 1)["pert"].data == smp.batch(0, 1)["pert"].data).all()
     ds = StoreSetDataset(smp, epoch=2)
     expect = [smp.batch(2, i)["pert"].rows for i in range(len(ds))]
     got = [b["pert"].rows for b in DataLoader(ds, batch_size=None, num_workers=2)]

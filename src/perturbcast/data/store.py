@@ -100,6 +100,11 @@ class StoreMatrix:
         self.n_store_genes = len(self.info["genes"])
         self.row_map, self.cols = row_map, cols
 
+    def __reduce__(self):
+        """Pickle as (path, views): DataLoader workers started with "spawn" reopen the memory
+        maps instead of receiving a copy of the arrays."""
+        return StoreMatrix, (self.path, self.row_map, self.cols)
+
     @property
     def shape(self) -> tuple[int, int]:
         n = self.indptr.size - 1 if self.row_map is None else self.row_map.size
