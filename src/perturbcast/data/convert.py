@@ -94,19 +94,14 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
                                           _blocks(f, s["input_scale"], cm, len(genes), chunk_size)]
                                          or [np.zeros(0, np.int64)])
                           for f, s, cm in zip(files, sources, col_maps, strict=True)])
-    keys = pd.DataFrame({
-        "context": obs[context_key].astype(str) if context_key else NO_CONTEXT,
-        "batch": obs[batch_key].astype(str) if batch_key else NO_BATCH,
-        "perturbation": obs[perturbation_key].astype(str)})
-    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys), sort=True)
+    codes, groups = _group_codes(obs, context_key, batch_key, perturbation_key)
     perm = np.random.default_rng(seed).permutation(len(obs))
     order = perm[np.argsort(codes[perm], kind="stable")]  # store row -> input cell
     dest = np.empty(len(obs), np.int64)
     dest[order] = np.arange(len(obs))                        # input cell -> store row
     indptr = np.zeros(len(obs) + 1, np.int64)
     np.cumsum(nnz[order], out=indptr[1:])
-    counts = np.bincount(codes, minlength=len(uniques))
-    groups = pd.DataFrame(list(uniques), columns=["context", "batch", "perturbation"])
+    counts = np.bincount(codes, minlength=len(groups))
     groups["stop"] = np.cumsum(counts)
     groups["start"] = groups["stop"] - counts
 
@@ -143,6 +138,28 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     for f in files:
         f.file.close()
     return out
+
+
+def _group_codes(obs: pd.DataFrame, context_key, batch_key, perturbation_key):
+    """Group id per cell, shape (n_cells,), and the group table (context, batch,
+    perturbation), sorted; built from per-column codes (no per-cell tuples)."""
+    levels, col_codes = [], []
+    for key, default in ((context_key, NO_CONTEXT), (batch_key, NO_BATCH),
+                         (perturbation_key, None)):
+        if key is None:
+            col_codes.append(np.zeros(len(obs), np.int64))
+            levels.append(np.array([default], dtype=object))
+            continue
+        c, u = pd.factorize(obs[key].astype(str).to_numpy(), sort=True)
+        col_codes.append(c.astype(np.int64))
+        levels.append(np.asarray(u, dtype=object))
+    dims = [len(u) for u in levels]
+    combined = np.ravel_multi_index(col_codes, dims)
+    used, codes = np.unique(combined, return_inverse=True)
+    parts = np.unravel_index(used, dims)
+    groups = pd.DataFrame({name: lev[part] for name, lev, part in
+                           zip(("context", "batch", "perturbation"), levels, parts, strict=True)})
+    return codes.ravel(), groups
 
 
 def _open_backed(path) -> ad.AnnData:
