@@ -46,8 +46,14 @@ def _read(data, perturbation_key, control, context_key, batch_key, layer, backed
 
 
 def _obs_columns(path: Path) -> list[str]:
-    """obs column names of an h5ad without loading X."""
+    """obs column names of an h5ad (or a store) without loading X."""
     from .data.reading import open_h5ad
+    from .data.store import is_store
+
+    if is_store(path):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(Path(path) / "obs.parquet").names)
 
     a = open_h5ad(path, backed=True)
     try:
@@ -191,8 +197,18 @@ def train(
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
     seed: Seed = 0, backed: Backed = False, param: Params = None,
+    devices: Annotated[str, typer.Option("--devices", help="Set models: processes (GPUs) per "
+                                         "node, or 'auto'.")] = "1",
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Set models: nodes.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="Set models: auto | ddp | "
+                                          "fsdp.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Set models: auto (bf16-mixed "
+                                           "on GPU) | bf16-mixed | 32.")] = "auto",
 ) -> None:
-    """Fit a model (on a fold's training cells, or all cells) and save it."""
+    """Fit a model (on a fold's training cells, or all cells) and save it.
+
+    --data may be an .h5ad or a store folder from `perturbcast convert`. Under torchrun /
+    SLURM every process runs this command; rank 0 saves the model."""
     from .data import Split
     from .models import get_model
 
@@ -207,10 +223,24 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed, **_parse_params(param))
+    from .models import BASELINES
+    from .train.lightning import global_rank
+
+    params = _parse_params(param)
+    dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
+            "strategy": strategy, "precision": precision}
+    if model in BASELINES:
+        if dist != {"devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "auto"}:
+            raise InputError(f"--devices/--num-nodes/--strategy/--precision apply to the set "
+                             f"models (flow, transition); {model!r} is fitted in one pass.")
+    else:
+        params = {**dist, **params}
+    m = get_model(model, seed=seed, **params)
     if split_file is not None:  # fail before training if the fold's test cannot be predicted
         m.check_can_predict(exp, sorted({p for p, _ in chosen.test}), mask)
     m.fit(exp, mask)
+    if global_rank() != 0:
+        return
     m.save(out_dir)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
@@ -350,6 +380,29 @@ def simulate(
         adata.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {adata.n_obs} cells x {adata.n_vars} genes "
               f"(obs: perturbation, context, batch; control label 'control')")
+
+
+@app.command()
+def convert(
+    inputs: Annotated[list[Path], typer.Argument(help="Input .h5ad file(s).")],
+    perturbation_key: PertKey, control: Control,
+    out_dir: Annotated[Path, typer.Option("--out", help="Store folder to write.")],
+    context_key: CtxKey = None, batch_key: BatchKey = None,
+    join: Annotated[str, typer.Option("--join", help="Genes of several files: inner "
+                                      "(intersection) or outer (union; missing genes "
+                                      "recorded per file).")] = "inner",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read at a time.")]
+    = 16384,
+    seed: Seed = 0,
+) -> None:
+    """Stream h5ad files into a group-sorted out-of-core store (read it with --data STORE)."""
+    from .data.convert import convert as run_convert
+
+    path = run_convert(inputs, out_dir, perturbation_key, control, context_key, batch_key,
+                       join=join, chunk_size=chunk_size, seed=seed)
+    info = json.loads((path / "store.json").read_text())
+    err.print(f"wrote {path}: {info['n_cells']} cells x {len(info['genes'])} genes, "
+              f"{info['nnz']} stored values")
 
 
 @app.command("gene-vectors")

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -61,6 +62,7 @@ class Experiment:
     input_scale: Scale = "log1p"
     normalize_on_read: bool = False
     meta: dict = field(default_factory=dict)
+    matrix: Any = None  # a matrix backend (rows(idx), shape, isbacked), e.g. a StoreMatrix
 
     # ---- labels ---------------------------------------------------------------------------
     @property
@@ -143,6 +145,8 @@ class Experiment:
         ``idx`` may be in any order and repeat cells (backed files are read at the unique,
         sorted rows, as h5py requires, then expanded)."""
         idx = np.asarray(idx, dtype=np.int64)
+        if self.matrix is not None:  # out-of-core store: already log1p-normalised
+            return self.matrix.rows(idx)
         if self.adata.isbacked:
             uniq, inverse = np.unique(idx, return_inverse=True)
             block = self.adata.X[uniq]
@@ -189,7 +193,7 @@ class Experiment:
             (np.ones(cell_idx.size), (codes, cell_idx)), shape=(len(uniques), self.n_cells)
         )
         sums = np.zeros((len(uniques), self.n_genes))
-        if self.adata.isbacked or self.normalize_on_read:
+        if self.adata.isbacked or self.normalize_on_read or self.matrix is not None:
             for start, block in self.iter_blocks():
                 sums += ind[:, start : start + block.shape[0]] @ block.astype(np.float64)
         else:
@@ -208,6 +212,9 @@ class Experiment:
         sub = self.adata[mask]
         if not self.adata.isbacked:
             sub = sub.copy()
+        if self.matrix is not None:
+            rows = np.arange(self.n_cells)[mask]
+            return replace(self, adata=sub, matrix=self.matrix.subset(rows))
         return replace(self, adata=sub)
 
     def describe(self) -> str:
@@ -256,6 +263,19 @@ def read_experiment(
     InputError
         One line naming the problem and its fix.
     """
+    from .store import is_store
+
+    if not isinstance(source, ad.AnnData) and is_store(source):
+        from .store_experiment import read_store
+
+        if layer is not None or input_scale is not None:
+            raise InputError("layer= / input_scale= do not apply to a store (it holds "
+                             "log1p-normalised X); convert the layer you want instead.")
+
+        return read_store(source, perturbation_key, control, context_key, batch_key,
+                          separator=separator, min_cells=min_cells,
+                          drop_small_groups=drop_small_groups, exclude=exclude,
+                          n_top_genes=n_top_genes)
     adata = open_h5ad(source, backed)
     obs = adata.obs
     validate.check_obs_column(obs, perturbation_key, "--perturbation-key")

@@ -33,7 +33,7 @@ def select_genes(exp: Experiment, n_top_genes: int, mask: np.ndarray | None = No
     keep = np.zeros(exp.n_genes, dtype=bool)
     keep[list(exp.target_index().values())] = True
     cells = np.arange(exp.n_cells) if mask is None else np.flatnonzero(np.asarray(mask, bool))
-    if exp.adata.isbacked or exp.normalize_on_read:
+    if exp.adata.isbacked or exp.normalize_on_read or exp.matrix is not None:
         sample = np.sort(np.random.default_rng(0).permutation(cells)[:20000])
         x = exp.rows(sample)
     else:
@@ -42,6 +42,8 @@ def select_genes(exp: Experiment, n_top_genes: int, mask: np.ndarray | None = No
     sub = exp.adata[:, idx]
     if not exp.adata.isbacked:
         sub = sub.copy()
+    if exp.matrix is not None:
+        return replace(exp, adata=sub, matrix=exp.matrix.select_columns(idx))
     return replace(exp, adata=sub)
 
 

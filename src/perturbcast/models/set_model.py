@@ -19,6 +19,11 @@ embeddings : "default" (the built-in human gene table; "train" with a warning wh
     table path (csv/parquet/npz); several comma-separated are joined side by side (see
     :func:`~perturbcast.models.perturbation_features.resolve_embeddings`)
 dose_key : obs column with a dose per cell (scalar input), or None
+devices, num_nodes, strategy, precision : passed to ``lightning.Trainer`` (multi-GPU / multi-node;
+    under DDP each step's ``n_sets`` sets are split evenly over the ranks, so a run on k
+    processes takes the same optimiser steps as one process with the same global batch)
+memory_budget_gb : load the training cells densely when they fit in this many GB, else read
+    each batch's cells from disk (out-of-core data; announced with a warning)
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
 """
@@ -40,7 +45,7 @@ from ..data.sets import SetBatch, SetSampler, holdout_cells
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import TrainConfig, train_network
+from ..train.lightning import TrainConfig, rank_share, train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
@@ -50,15 +55,19 @@ from .perturbation_features import (
     resolve_embeddings,
     training_gene_features,
 )
+from .training_rows import TrainingRows
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="default", dose_key=None,
     learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None, show_progress=False,
-    val_energy=False, val_controls="train",
+    val_energy=False, val_controls="train", memory_budget_gb=4.0,
+    devices=1, num_nodes=1, strategy="auto", precision="auto",
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
-                             "val_controls": ("train", "held_out")}
+                             "val_controls": ("train", "held_out"),
+                             "strategy": ("auto", "ddp", "fsdp", "ddp_spawn"),
+                             "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed")}
 N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
@@ -134,13 +143,12 @@ class SetModel(PerturbationModel):
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         idx = np.flatnonzero(mask)
-        x = exp.rows(idx)
+        x = TrainingRows(exp, idx, p["memory_budget_gb"])
         perts = exp.perturbations[idx].astype(str)
         ctxs = exp.contexts[idx].astype(str)
         batches = exp.batches[idx].astype(str) if exp.batches is not None else None
         is_ctrl = perts == exp.control
-        self.latent = LatentSpace(p["space"], p["n_latent"]).fit(x, rng)
-        z = self.latent.encode(x)
+        self.latent = x.fit_latent(LatentSpace(p["space"], p["n_latent"]), rng)
 
         groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
         cond_keys = sorted(groups)
@@ -174,15 +182,22 @@ class SetModel(PerturbationModel):
         train_sampler = sampler(train_cells, ctrl_train, all_conds)
         val_keep = np.array([i for i, v in enumerate(val_cells) if v.size], int)
         has_val_ctrl = all(c.size for c in ctrl_val)
-        z_t = torch.from_numpy(z)
         enc_t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
 
-        def make(smp: SetSampler, keep: np.ndarray, r: np.random.Generator, drop: float):
-            b = smp.sample(p["n_sets"], r)
+        def make(smp: SetSampler, keep: np.ndarray, r: np.random.Generator, drop: float,
+                 share: bool = False):
+            b = smp.sample(p["n_sets"], r)  # the global batch, drawn alike on every rank
             b.condition = keep[b.condition]
-            return self._batch_tensors(b, z, z_t, enc_t, r, drop)
+            n = len(b.condition)
+            ctx_keep = r.random(n) >= drop if drop > 0 else np.ones(n, bool)
+            batch_keep = r.random(n) >= drop if drop > 0 else np.ones(n, bool)
+            if share:  # DDP: this rank's equal, disjoint share of the global batch
+                mine = rank_share(n)
+                b = SetBatch(b.ctrl[mine], b.pert[mine], b.condition[mine], b.batch[mine])
+                ctx_keep, batch_keep = ctx_keep[mine], batch_keep[mine]
+            return self._batch_tensors(b, x, enc_t, ctx_keep, batch_keep)
 
-        self.net = self._new_net(z.shape[1])
+        self.net = self._new_net(x.dim)
         val_batches = []
         if val_keep.size and has_val_ctrl:
             val_sampler = sampler(val_cells, ctrl_val, val_keep)
@@ -196,27 +211,30 @@ class SetModel(PerturbationModel):
         config = TrainConfig(max_steps=p["max_steps"], lr=p["lr"], patience=p["patience"],
                              checkpoint_dir=p["checkpoint_dir"], show_progress=p["show_progress"],
                              warmup_steps=min(100, max(1, p["max_steps"] // 10)),
-                             steps_per_epoch=min(100, p["max_steps"]))
+                             steps_per_epoch=min(100, p["max_steps"]), devices=p["devices"],
+                             num_nodes=p["num_nodes"], strategy=p["strategy"],
+                             precision=p["precision"])
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
         self.training_summary = train_network(
             self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
-                                              p["context_dropout"]), val_batches, config, meta,
+                                              p["context_dropout"], True), val_batches, config,
+            meta,
             self.validation_loss)
+        self.training_summary["data_mode"] = x.mode
 
-    def _batch_tensors(self, b: SetBatch, z: np.ndarray, z_t: Tensor, enc: dict[str, Tensor],
-                       rng: np.random.Generator, drop: float) -> dict[str, Tensor]:
-        order = self.arrange(z[b.ctrl], z[b.pert])
-        pert = np.take_along_axis(b.pert, order, axis=1)
+    def _batch_tensors(self, b: SetBatch, x: TrainingRows, enc: dict[str, Tensor],
+                       ctx_keep: np.ndarray, batch_keep: np.ndarray) -> dict[str, Tensor]:
+        x0, x1 = x.z(b.ctrl), x.z(b.pert)
+        order = self.arrange(x0, x1)
+        x1 = np.take_along_axis(x1, np.asarray(order)[..., None], axis=1)
         cond = torch.from_numpy(b.condition)
         out = {k: v[cond] for k, v in enc.items()}
         batch = torch.from_numpy(np.maximum(b.batch, 0))
-        if drop > 0:
-            out["context"] = out["context"] * torch.from_numpy(rng.random(len(cond)) >= drop)
-            batch = batch * torch.from_numpy(rng.random(len(cond)) >= drop)
-        out["batch"] = batch
-        out["x0"] = z_t[torch.from_numpy(b.ctrl)]
-        out["x1"] = z_t[torch.from_numpy(pert)]
+        out["context"] = out["context"] * torch.from_numpy(ctx_keep)
+        out["batch"] = batch * torch.from_numpy(batch_keep)
+        out["x0"] = torch.from_numpy(np.ascontiguousarray(x0))
+        out["x1"] = torch.from_numpy(np.ascontiguousarray(x1))
         return out
 
     def _training_doses(self, exp: Experiment, idx: np.ndarray, perts: np.ndarray):
@@ -233,14 +251,15 @@ class SetModel(PerturbationModel):
         learned = sorted({c for k in cond_keys for c in exp.components(k[0])})
 
         def train_table() -> tuple[np.ndarray, np.ndarray]:
-            ctrl_mean = {c: x[is_ctrl & (ctxs == c)].mean(0) for c in np.unique(ctxs[is_ctrl])}
-            glob = x[is_ctrl].mean(0)
-            deltas = np.stack([x[cells].mean(0) - ctrl_mean.get(k[1], glob)
+            ctrl_mean = {c: x.mean(np.flatnonzero(is_ctrl & (ctxs == c)))
+                         for c in np.unique(ctxs[is_ctrl])}
+            glob = x.mean(np.flatnonzero(is_ctrl))
+            deltas = np.stack([x.mean(cells) - ctrl_mean.get(k[1], glob)
                                for k, cells in zip(cond_keys, cond_cells, strict=True)])
             ctrl = np.flatnonzero(is_ctrl)
             ctrl = ctrl[np.random.default_rng(self.seed).permutation(ctrl.size)[:5000]]
             names = exp.genes.astype(str)
-            return names, training_gene_features(names, deltas, x[ctrl])
+            return names, training_gene_features(names, deltas, x.read(ctrl))
 
         names, vecs, _ = resolve_embeddings(self.params["embeddings"], learned, train_table,
                                             self.name)

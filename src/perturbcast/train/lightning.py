@@ -6,7 +6,10 @@ sets: the per-cell training loss of flow matching keeps falling on training cell
 model memorises them, and is a poor guide to the quality of generated sets), and two batch
 makers (training draws fresh random sets each step; validation batches are fixed once, so the
 validation loss is comparable between epochs). The best weights by validation loss are
-restored at the end. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
+restored at the end. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` go to
+``lightning.Trainer`` (DDP / FSDP on several GPUs or nodes; under torchrun or SLURM, Lightning
+reads the ranks from the environment); :func:`rank_share` gives each rank its slice of a
+global batch. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
 gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
 """
 
@@ -26,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..errors import InputError
+
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], Tensor]
 
@@ -42,6 +47,9 @@ class TrainConfig:
     patience: int = 5  # epochs without validation improvement before stopping
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto": bf16-mixed on CUDA, else 32-true
+    devices: int | str = 1  # processes per node ("auto": all accelerators)
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp", "fsdp", ... (lightning strategies)
     show_progress: bool = False
     checkpoint_dir: str | None = None
 
@@ -127,6 +135,26 @@ class SetTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def global_rank() -> int:
+    """Rank of this process under torch.distributed (0 when not distributed)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_share(n: int) -> slice:
+    """This process's equal, contiguous share of ``n`` items under torch.distributed (all of
+    them when not distributed). ``n`` must divide evenly over the ranks."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return slice(0, n)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if n % world:
+        raise InputError(f"n_sets={n} does not divide over {world} processes; use a multiple "
+                         f"of {world}.")
+    k = n // world
+    return slice(rank * k, (rank + 1) * k)
+
+
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
                   val_fn: LossFn | None = None) -> dict[str, Any]:
@@ -142,11 +170,13 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     cuda = torch.cuda.is_available()
     precision = config.precision if config.precision != "auto" else (
         "bf16-mixed" if cuda else "32-true")
+    precision = "32-true" if precision == "32" else precision
     epochs = max(1, math.ceil(config.max_steps / config.steps_per_epoch))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=epochs, max_steps=config.max_steps, accelerator="gpu" if cuda else "cpu",
-        devices=1, precision=precision, logger=False, callbacks=callbacks,
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=precision, logger=False, callbacks=callbacks,
         enable_checkpointing=bool(config.checkpoint_dir), enable_model_summary=False,
         enable_progress_bar=config.show_progress, num_sanity_val_steps=0,
         gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0)
