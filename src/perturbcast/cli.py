@@ -54,11 +54,14 @@ def _models(spec: str | None) -> list[str]:
 
 
 def _finish_benchmark(result, out_dir: Path, title: str, notes: list[str]) -> None:
+    from .eval.html_report import write_html_report
     from .eval.report import print_summary, write_benchmark_report
 
     write_benchmark_report(result, out_dir, title, notes)
+    write_html_report(out_dir, result.report_data)
     print_summary(result.summary, title, result.best_baseline())
-    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md")
+    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md, "
+              "report.html")
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -329,6 +332,16 @@ def simulate(
         adata.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {adata.n_obs} cells x {adata.n_vars} genes "
               f"(obs: perturbation, context, batch; control label 'control')")
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A benchmark or demo output folder.")],
+) -> None:
+    """Write report.html (one self-contained page with figures) from a benchmark folder."""
+    from .eval.html_report import write_html_report
+
+    err.print(f"wrote {write_html_report(directory)}")
 
 
 @app.command("gene-vectors")
