@@ -33,6 +33,14 @@ Params = Annotated[list[str] | None, typer.Option(
 MinCells = Annotated[int, typer.Option("--min-cells", help="Smallest allowed group.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+def _check_out(path: Path, overwrite: bool, is_dir: bool) -> None:
+    """Refuse an output that exists (unless --overwrite) or cannot be written, before work."""
+    from .utils import check_output
+
+    check_output(path, overwrite, is_dir=is_dir)
 
 
 def _read(data, perturbation_key, control, context_key, batch_key, layer, backed=False,
@@ -83,9 +91,10 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
         "perturbcast-demo"),
     split: Annotated[str, typer.Option("--split", help="Split kind.")] = "combo",
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Simulate a screen, run every model on a split, print the table and write a report."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import make_split, read_experiment
     from .datasets import simulate
@@ -125,11 +134,12 @@ def benchmark(
     seed: Seed = 0,
     min_cells: MinCells = 3,
     drop_small_groups: DropSmall = False,
-    param: Params = None,
+    param: Params = None, overwrite: Overwrite = False,
 ) -> None:
     """Run models over all folds; write summary.csv and per_perturbation.csv.
 
     --param values apply to the non-baseline models (flow, transition)."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import Split, make_split
     from .datasets.tasks import load_task
@@ -162,9 +172,10 @@ def split(
     out_file: Annotated[Path, typer.Option("--out", help="Split .json to write.")],
     kind: Annotated[str, typer.Option("--split")] = "unseen-perturbation",
     context_key: CtxKey = None, n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Write a deterministic split (JSON) of the file's conditions."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .data import make_split
 
     exp = _read(data, perturbation_key, control, context_key, None, None)
@@ -181,9 +192,10 @@ def train(
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
-    seed: Seed = 0, backed: Backed = False, param: Params = None,
+    seed: Seed = 0, backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
 ) -> None:
     """Fit a model (on a fold's training cells, or all cells) and save it."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .data import Split
     from .models import get_model
 
@@ -215,9 +227,12 @@ def predict(
         "--contexts", help="Comma-separated contexts (default: all with controls).")] = None,
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
-    layer: Layer = None, backed: Backed = False,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
 ) -> None:
     """Predict cells for perturbations from the control cells of a file (model's keys)."""
+    _check_out(out_file, overwrite, is_dir=False)
+    if n_cells < 1:
+        raise InputError(f"--n-cells {n_cells}: pass at least 1 cell per condition.")
     from .models.base import PerturbationModel
     from .utils import atomic_path
 
@@ -292,8 +307,10 @@ def evaluate(
     "per_perturbation",
     epsilon: Annotated[float, typer.Option("--epsilon", help="LFC pseudocount (0 = cell-eval)")
                        ] = 0.0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score predictions like cell-eval: writes summary.json and per_perturbation.csv."""
+    _check_out(out_dir, overwrite, is_dir=True)
     import anndata as ad
 
     from .eval import Reference
@@ -321,8 +338,10 @@ def simulate(
     seed: Seed = 0,
     n_genes: Annotated[int, typer.Option("--n-genes")] = 300,
     n_contexts: Annotated[int, typer.Option("--n-contexts")] = 3,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a simulated screen (raw counts) to try the other commands on."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets import simulate as sim
     from .utils import atomic_path
 
@@ -337,9 +356,13 @@ def simulate(
 @app.command()
 def report(
     directory: Annotated[Path, typer.Argument(help="A benchmark or demo output folder.")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Write report.html (one self-contained page with figures) from a benchmark folder."""
-    from .eval.html_report import write_html_report
+    from .eval.html_report import REPORT_NAME, write_html_report
+
+    if directory.is_dir():
+        _check_out(directory / REPORT_NAME, overwrite, is_dir=False)
 
     err.print(f"wrote {write_html_report(directory)}")
 
@@ -358,9 +381,10 @@ def gene_vectors(
     fill: Annotated[Path | None, typer.Option("--fill", help="Instead write this table "
                                               "(csv/parquet/npz), with the genes it lacks filled "
                                               "in from their GO vectors.")] = None,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Build gene vectors from GO annotations, for --param embeddings=TABLE."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets.priors import fill_missing, go_gene_vectors, save_table
     from .models.perturbation_features import load_embedding_table
 
