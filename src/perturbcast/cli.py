@@ -193,9 +193,18 @@ def train(
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
     seed: Seed = 0, backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the "
+                                         "same command from its last checkpoint.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Training steps "
+                                                  "between resumable checkpoints.")] = 50,
 ) -> None:
     """Fit a model (on a fold's training cells, or all cells) and save it."""
+    import shutil
+
+    from .train.resume import resumable
+
     _check_out(out_dir, overwrite, is_dir=True)
+    resume_dir = out_dir.parent / f".{out_dir.name}.resume"
     from .data import Split
     from .models import get_model
 
@@ -210,8 +219,12 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
+    if not resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)  # a stale run's checkpoints
+    with resumable(resume_dir, checkpoint_every, resume):
+        m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
     m.save(out_dir)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
 

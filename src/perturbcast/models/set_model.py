@@ -176,7 +176,7 @@ class SetModel(PerturbationModel):
         self.training_summary = train_network(
             self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
                                               p["context_dropout"]), val_batches, config, meta,
-            self.validation_loss)
+            self.validation_loss, sampler_rng=rng)
 
     def _batch_tensors(self, b: SetBatch, z: np.ndarray, z_t: Tensor, enc: dict[str, Tensor],
                        rng: np.random.Generator, drop: float) -> dict[str, Tensor]:
