@@ -287,9 +287,10 @@ def atlas(
         "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
     top: Annotated[int, typer.Option("--top", help="Ranked rows to print.")] = 20,
-    layer: Layer = None, backed: Backed = False,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
 ) -> None:
     """Predict a perturbation x context grid, streamed to one .h5ad; optionally rank it."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .atlas import parse_names, predict_atlas, print_ranked, read_target
     from .models.base import PerturbationModel
 
