@@ -16,7 +16,7 @@ import numpy as np
 
 from ..utils import atomic_path
 from .de import group_indices
-from .evaluate import Reference, _group_means, _log1p_matrix
+from .evaluate import Reference, _align_genes, _group_means, _log1p_matrix
 
 FILE_NAME = "report_data.npz"
 
@@ -56,7 +56,7 @@ class ReportData:
         """Record one model's predictions for one fold and context (cells of ``ref``'s genes)."""
         if self.genes is None:
             self.genes, self.control = ref.genes.astype(str), str(ref.control)
-        px = _log1p_matrix(pred[:, list(ref.genes)], "predicted")
+        px = _log1p_matrix(_align_genes(pred, ref.genes), "predicted")
         labels = pred.obs[ref.perturbation_key].astype(str).to_numpy()
         pindex = group_indices(labels, ref.groups)
         pm = _group_means(px, pindex)
