@@ -19,6 +19,7 @@ from .data.preprocess import uns_record
 from .data.splits import Split
 from .eval.de import FdrMode
 from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
+from .eval.report_data import ReportData
 from .models import BASELINES, get_model
 from .utils import progress
 
@@ -28,11 +29,13 @@ REFERENCE_MODEL = "cell_mean"
 @dataclass
 class BenchmarkResult:
     """``summary``: one row per model (metric means over folds + ``score``);
-    ``per_perturbation``: one row per (model, fold, context, perturbation)."""
+    ``per_perturbation``: one row per (model, fold, context, perturbation);
+    ``report_data``: mean changes, a cell subsample and training curves for the HTML report."""
 
     summary: pd.DataFrame
     per_perturbation: pd.DataFrame
     timings: dict[str, float]
+    report_data: ReportData | None = None
 
     def best_baseline(self) -> str | None:
         base = self.summary[self.summary.model.isin(BASELINES)].assign(
@@ -87,6 +90,7 @@ def run_benchmark(
     full = exp
     rows, units = [], []
     timings = {m: 0.0 for m in names}
+    report_data = ReportData(seed=seed)
     total = len(split.folds) * len(names)
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("benchmark", total=total)
@@ -112,6 +116,7 @@ def run_benchmark(
                     c = conds[conds.context == ctx]
                     pred = model.predict(exp, c, include_controls=True)
                     res = evaluate(pred, ref, edistance=edistance)
+                    report_data.add(name, fold.name, ctx, model, pred, ref)
                     units.append({"model": name, "fold": fold.name, "context": ctx,
                                   **res.summary})
                     table = res.per_perturbation.reset_index()
@@ -134,4 +139,4 @@ def run_benchmark(
     per_pert = pd.concat(rows, ignore_index=True)
     per_pert = per_pert[[c for c in per_pert.columns if c not in UNSCORED] +
                         [c for c in UNSCORED if c in per_pert.columns]]
-    return BenchmarkResult(summary, per_pert, timings)
+    return BenchmarkResult(summary, per_pert, timings, report_data)

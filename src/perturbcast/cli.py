@@ -34,6 +34,14 @@ Params = Annotated[list[str] | None, typer.Option(
 MinCells = Annotated[int, typer.Option("--min-cells", help="Smallest allowed group.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+def _check_out(path: Path, overwrite: bool, is_dir: bool) -> None:
+    """Refuse an output that exists (unless --overwrite) or cannot be written, before work."""
+    from .utils import check_output
+
+    check_output(path, overwrite, is_dir=is_dir)
 
 
 def _read(data, perturbation_key, control, context_key, batch_key, layer, backed=False,
@@ -72,11 +80,14 @@ def _models(spec: str | None) -> list[str]:
 
 
 def _finish_benchmark(result, out_dir: Path, title: str, notes: list[str]) -> None:
+    from .eval.html_report import write_html_report
     from .eval.report import print_summary, write_benchmark_report
 
     write_benchmark_report(result, out_dir, title, notes)
+    write_html_report(out_dir, result.report_data)
     print_summary(result.summary, title, result.best_baseline())
-    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md")
+    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md, "
+              "report.html")
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -98,9 +109,10 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
         "perturbcast-demo"),
     split: Annotated[str, typer.Option("--split", help="Split kind.")] = "combo",
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Simulate a screen, run every model on a split, print the table and write a report."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import make_split, read_experiment
     from .datasets import simulate
@@ -140,11 +152,12 @@ def benchmark(
     seed: Seed = 0,
     min_cells: MinCells = 3,
     drop_small_groups: DropSmall = False,
-    param: Params = None,
+    param: Params = None, overwrite: Overwrite = False,
 ) -> None:
     """Run models over all folds; write summary.csv and per_perturbation.csv.
 
     --param values apply to the non-baseline models (flow, transition)."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import Split, make_split
     from .datasets.tasks import load_task
@@ -177,9 +190,10 @@ def split(
     out_file: Annotated[Path, typer.Option("--out", help="Split .json to write.")],
     kind: Annotated[str, typer.Option("--split")] = "unseen-perturbation",
     context_key: CtxKey = None, n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Write a deterministic split (JSON) of the file's conditions."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .data import make_split
 
     exp = _read(data, perturbation_key, control, context_key, None, None)
@@ -196,7 +210,11 @@ def train(
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
-    seed: Seed = 0, backed: Backed = False, param: Params = None,
+    seed: Seed = 0, backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the "
+                                         "same command from its last checkpoint.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Training steps "
+                                                  "between resumable checkpoints.")] = 50,
     devices: Annotated[str, typer.Option("--devices", help="Set models: processes (GPUs) per "
                                          "node, or 'auto'.")] = "1",
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="Set models: nodes.")] = 1,
@@ -209,6 +227,12 @@ def train(
 
     --data may be an .h5ad or a store folder from `perturbcast convert`. Under torchrun /
     SLURM every process runs this command; rank 0 saves the model."""
+    import shutil
+
+    from .train.resume import resumable
+
+    _check_out(out_dir, overwrite, is_dir=True)
+    resume_dir = out_dir.parent / f".{out_dir.name}.resume"
     from .data import Split
     from .models import get_model
 
@@ -238,10 +262,14 @@ def train(
     m = get_model(model, seed=seed, **params)
     if split_file is not None:  # fail before training if the fold's test cannot be predicted
         m.check_can_predict(exp, sorted({p for p, _ in chosen.test}), mask)
-    m.fit(exp, mask)
+    if not resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)  # a stale run's checkpoints
+    with resumable(resume_dir, checkpoint_every, resume):
+        m.fit(exp, mask)
     if global_rank() != 0:
         return
     m.save(out_dir)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
 
@@ -257,9 +285,12 @@ def predict(
         "--contexts", help="Comma-separated contexts (default: all with controls).")] = None,
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
-    layer: Layer = None, backed: Backed = False,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
 ) -> None:
     """Predict cells for perturbations from the control cells of a file (model's keys)."""
+    _check_out(out_file, overwrite, is_dir=False)
+    if n_cells < 1:
+        raise InputError(f"--n-cells {n_cells}: pass at least 1 cell per condition.")
     from .models.base import PerturbationModel
     from .utils import atomic_path
 
@@ -306,9 +337,10 @@ def atlas(
         "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
     top: Annotated[int, typer.Option("--top", help="Ranked rows to print.")] = 20,
-    layer: Layer = None, backed: Backed = False,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
 ) -> None:
     """Predict a perturbation x context grid, streamed to one .h5ad; optionally rank it."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .atlas import parse_names, predict_atlas, print_ranked, read_target
     from .models.base import PerturbationModel
 
@@ -342,10 +374,12 @@ def evaluate(
     context_key: Annotated[str | None, typer.Option(
         "--context-key", help="obs column of contexts in both files: score per (perturbation, "
         "context). Default: the predictions' context column when the real file has it.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score predictions like cell-eval: writes summary.json and per_perturbation.csv.
 
     Raw counts in --real are normalised like the predictions' input (recorded by predict)."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
     from .eval.report import write_csv
@@ -369,8 +403,10 @@ def simulate(
     seed: Seed = 0,
     n_genes: Annotated[int, typer.Option("--n-genes")] = 300,
     n_contexts: Annotated[int, typer.Option("--n-contexts")] = 3,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a simulated screen (raw counts) to try the other commands on."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets import simulate as sim
     from .utils import atomic_path
 
@@ -393,16 +429,32 @@ def convert(
                                       "recorded per file).")] = "inner",
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read at a time.")]
     = 16384,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Stream h5ad files into a group-sorted out-of-core store (read it with --data STORE)."""
     from .data.convert import convert as run_convert
+
+    _check_out(out_dir, overwrite, is_dir=True)
 
     path = run_convert(inputs, out_dir, perturbation_key, control, context_key, batch_key,
                        join=join, chunk_size=chunk_size, seed=seed)
     info = json.loads((path / "store.json").read_text())
     err.print(f"wrote {path}: {info['n_cells']} cells x {len(info['genes'])} genes, "
               f"{info['nnz']} stored values")
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A benchmark or demo output folder.")],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write report.html (one self-contained page with figures) from a benchmark folder."""
+    from .eval.html_report import REPORT_NAME, write_html_report
+
+    if directory.is_dir():
+        _check_out(directory / REPORT_NAME, overwrite, is_dir=False)
+
+    err.print(f"wrote {write_html_report(directory)}")
 
 
 @app.command("gene-vectors")
@@ -419,9 +471,10 @@ def gene_vectors(
     fill: Annotated[Path | None, typer.Option("--fill", help="Instead write this table "
                                               "(csv/parquet/npz), with the genes it lacks filled "
                                               "in from their GO vectors.")] = None,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Build gene vectors from GO annotations, for --param embeddings=TABLE."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets.priors import fill_missing, go_gene_vectors, save_table
     from .models.perturbation_features import load_embedding_table
 

@@ -283,8 +283,10 @@ def read_experiment(
     validate.check_obs_column(obs, batch_key, "--batch-key")
     control = str(control).strip()
     labels = canonical_obs_labels(adata, perturbation_key, separator, control)
+    validate.check_label_text(labels, separator, perturbation_key)
     validate.check_control(labels, control, perturbation_key)
     validate.check_unique_names(adata)
+    validate.check_not_empty(adata)
 
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
     contexts = (
@@ -317,6 +319,7 @@ def read_experiment(
     where = f"layer {layer!r}" if layer else "X"
     validate.check_values(adata.X, where)
 
+    validate.check_declared_scale(input_scale, detect_scale(adata.X))
     scale = input_scale or detect_scale(adata.X)
     if input_scale not in (None, "counts", "log1p", "normalized"):
         raise InputError(

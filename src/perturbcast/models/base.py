@@ -56,6 +56,9 @@ class PerturbationModel(ABC):
         mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
         if not (mask & exp.is_control).any():
             raise InputError("training cells contain no control cells; keep controls in training.")
+        if not (mask & ~exp.is_control).any():
+            raise InputError("training cells contain no perturbed cells; a model learns from "
+                             "perturbed cells and their controls, so keep both in training.")
         self.genes = exp.genes.copy()
         self.vocabulary = sorted(set(exp.perturbations[mask]) - {exp.control})
         self.contexts = sorted(set(exp.contexts[mask]))

@@ -219,8 +219,7 @@ class SetModel(PerturbationModel):
         self.training_summary = train_network(
             self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
                                               p["context_dropout"], True), val_batches, config,
-            meta,
-            self.validation_loss)
+            meta, self.validation_loss, sampler_rng=rng)
         self.training_summary["data_mode"] = x.mode
 
     def _batch_tensors(self, b: SetBatch, x: TrainingRows, enc: dict[str, Tensor],

@@ -11,6 +11,12 @@ restored at the end. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` 
 reads the ranks from the environment); :func:`rank_share` gives each rank its slice of a
 global batch. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
 gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
+
+Inside :func:`perturbcast.train.resume.resumable`, training writes ``last.ckpt`` (atomically)
+every few steps and, with ``resume=True``, continues from it: weights, optimiser, schedule,
+early stopping, the best weights so far and the RNG states of torch and of the set sampler are
+restored, so a run killed and resumed on CPU ends with the same weights as one never
+interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import InputError
+from .resume import Resume, current_resume
 
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -55,11 +63,27 @@ class TrainConfig:
 
 
 class _Stream(IterableDataset):
-    def __init__(self, make: Callable[[], Batch], n: int) -> None:
-        self.make, self.n = make, n
+    """``n`` fresh batches per epoch; remembers the sampler RNG state before recent draws."""
+
+    def __init__(self, make: Callable[[], Batch], n: int, rng=None) -> None:
+        self.make, self.n, self.rng = make, n, rng
+        self.first = n  # batches in the next epoch (fewer when resumed mid-epoch)
+        self.drawn = 0  # batches drawn so far, over all epochs
+        self.states: dict[int, dict] = {}
+
+    def state_before(self, draw: int) -> dict | None:
+        """Sampler RNG state before batch ``draw`` (Lightning fetches a batch ahead)."""
+        if self.rng is None:
+            return None
+        return self.states.get(draw, self.rng.bit_generator.state)
 
     def __iter__(self):
-        for _ in range(self.n):
+        n, self.first = self.first, self.n
+        for _ in range(n):
+            if self.rng is not None:
+                self.states[self.drawn] = copy.deepcopy(self.rng.bit_generator.state)
+                self.states.pop(self.drawn - 8, None)
+            self.drawn += 1
             yield self.make()
 
 
@@ -101,6 +125,14 @@ class SetTrainingModule(L.LightningModule):
         self.best_state: dict[str, Tensor] | None = None
         self.history: list[float] = []
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        state = getattr(self, "pending_torch_rng", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            if self.pending_val_loss is not None:
+                self.trainer.callback_metrics["val_loss"] = self.pending_val_loss
+            self.pending_torch_rng = self.pending_val_loss = None
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self.loss_fn(self.net, batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=1)
@@ -120,6 +152,27 @@ class SetTrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perturbcast"] = self.meta
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            checkpoint["perturbcast_resume"] = {
+                "best_loss": self.best_loss, "best_state": self.best_state,
+                "history": list(self.history), "torch_rng": torch.get_rng_state(),
+                "val_loss": self.trainer.callback_metrics.get("val_loss"),
+                "sampler_rng": stream.state_before(int(checkpoint["global_step"]))}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state, stream = checkpoint.get("perturbcast_resume"), getattr(self, "stream", None)
+        if state is None or stream is None:
+            return
+        self.best_loss, self.best_state = state["best_loss"], state["best_state"]
+        self.history = list(state["history"])
+        # set just before the next step: creating the data iterator draws from torch's RNG
+        self.pending_torch_rng = state["torch_rng"]
+        self.pending_val_loss = state["val_loss"]  # early stopping reads it at epoch end
+        if stream.rng is not None and state["sampler_rng"] is not None:
+            stream.rng.bit_generator.state = state["sampler_rng"]
+        step = int(checkpoint["global_step"])
+        stream.drawn, stream.first = step, stream.n - step % stream.n
 
     def configure_optimizers(self):
         cfg = self.config
@@ -155,12 +208,37 @@ def rank_share(n: int) -> slice:
     return slice(rank * k, (rank + 1) * k)
 
 
+class _ResumeCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` atomically every ``every_n_steps`` steps, never on the last step
+    of an epoch (Lightning resumes mid-epoch exactly; at an epoch end the validation and early
+    stopping of that epoch would be skipped), so it may come a step later."""
+
+    def __init__(self, resume: Resume, steps_per_epoch: int) -> None:
+        self.resume, self.steps_per_epoch, self.saved = resume, steps_per_epoch, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step - self.saved < self.resume.every_n_steps or step % self.steps_per_epoch == 0:
+            return
+        self.resume.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.resume.directory / ".last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.resume.last)
+        self.saved = step
+
+
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
-                  val_fn: LossFn | None = None) -> dict[str, Any]:
-    """Train ``net`` in place; returns a summary (steps, best/last validation loss, epochs)."""
+                  val_fn: LossFn | None = None, sampler_rng=None) -> dict[str, Any]:
+    """Train ``net`` in place; returns a summary (steps, best/last validation loss, epochs).
+
+    ``sampler_rng`` (numpy Generator used by ``make_batch``) is saved in resumable checkpoints.
+    """
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
+    resume = current_resume()
     callbacks: list[L.Callback] = []
+    if resume is not None:
+        callbacks.append(_ResumeCheckpoint(resume, config.steps_per_epoch))
     if val_batches:
         callbacks.append(L.pytorch.callbacks.EarlyStopping("val_loss", patience=config.patience))
     if config.checkpoint_dir:
@@ -180,13 +258,18 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         enable_checkpointing=bool(config.checkpoint_dir), enable_model_summary=False,
         enable_progress_bar=config.show_progress, num_sanity_val_steps=0,
         gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0)
-    train_dl = DataLoader(_Stream(make_batch, config.steps_per_epoch), batch_size=None)
+    module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
+    train_dl = DataLoader(module.stream, batch_size=None)
+    ckpt = None
+    if resume is not None and resume.resume:
+        ckpt = str(resume.last) if resume.last.exists() else None
+        _check_resumable(ckpt, meta)
     val_dl = DataLoader(_Fixed(val_batches), batch_size=None) if val_batches else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*")
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
-        trainer.fit(module, train_dl, val_dl)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     last = float(trainer.callback_metrics.get("val_loss", math.nan))
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
@@ -194,3 +277,23 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     return {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "best_val_loss": module.best_loss, "last_val_loss": last,
             "val_loss_per_epoch": module.history}
+
+
+def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> None:
+    """Fail with one line when there is no checkpoint, or it is of another training run."""
+    import json
+
+    from ..errors import InputError
+
+    if ckpt is None:
+        raise InputError("--resume: no checkpoint to resume from; run again without --resume.")
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("perturbcast")
+    except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
+        raise InputError(f"--resume: {ckpt} cannot be read ({type(exc).__name__}); run again "
+                         "without --resume.") from exc
+    same = json.dumps(saved, sort_keys=True, default=str) == json.dumps(meta, sort_keys=True,
+                                                                         default=str)
+    if not same:
+        raise InputError(f"--resume: {ckpt} is from a run with other data, model or parameters; "
+                         "rerun with the same options, or without --resume.")
