@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 #: Short training for the learned models in the demo (the rest keep their defaults).
-SET_MODEL_DEMO = dict(max_steps=250, dim=64, depth=2, n_heads=4, set_size=32, n_sets=8,
+SET_MODEL_DEMO = dict(max_steps=400, dim=64, depth=2, n_heads=4, set_size=32, n_sets=8,
                       n_latent=32, lr=2e-3, patience=3)
 DEMO_PARAMS: dict[str, dict[str, Any]] = {"flow": {**SET_MODEL_DEMO, "steps": 5},
                                           "transition": dict(SET_MODEL_DEMO)}

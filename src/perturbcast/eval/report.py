@@ -74,7 +74,7 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def plot_scores(summary: pd.DataFrame, path: Path, title: str) -> None:
-    """Bar charts of the VCC score and three headline metrics per model."""
+    """Bar charts of the VCC score and three headline metrics per model (± sd over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +86,8 @@ def plot_scores(summary: pd.DataFrame, path: Path, title: str) -> None:
     axes = [axes] if len(cols) == 1 else axes
     models = summary.model.tolist()
     for ax, c in zip(axes, cols, strict=True):
-        ax.barh(models, summary[c].fillna(0.0), color="#4477aa")
+        sd = summary[f"{c}_sd"].fillna(0.0) if f"{c}_sd" in summary else None
+        ax.barh(models, summary[c].fillna(0.0), xerr=sd, color="#4477aa", ecolor="black")
         ax.set_title(c, fontsize=9)
         ax.axvline(0, color="black", lw=0.6)
         ax.tick_params(labelsize=8)
