@@ -56,6 +56,7 @@ def test_params_go_to_the_models_that_have_them():
     ({"transition.steps": 3}, "transition has no parameter 'steps'"),
     ({"linear.ridge": 1}, "'linear' is not among the selected models"),
     ({"ridge": 1}, "no selected model takes 'ridge'"),
+    ({"flw.max_steps": 1}, "unknown model 'flw'"),
 ])
 def test_a_param_no_selected_model_has_is_an_error(params, match):
     with pytest.raises(InputError, match=match) as info:

@@ -102,7 +102,8 @@ def route_params(models: Sequence[str], params: Mapping[str, Any]) -> dict[str, 
     qualified = {}
     for key, value in params.items():
         model, dot, sub = key.partition(".")
-        if dot and model in MODELS:
+        if dot:
+            get_model_class(model)  # an unknown model name is an error of its own
             qualified[(model, sub)] = value
             continue
         takers = [m for m in models if takes_param(m, key)]
