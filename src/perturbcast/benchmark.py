@@ -24,9 +24,7 @@ from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
 from .models import BASELINES, MODELS, get_model
 from .models.base import PerturbationModel
 from .utils import progress
-from .verdict import compare_to_baselines, matched_best_baseline, verdict_line
-
-REFERENCE_MODEL = "cell_mean"
+from .verdict import REFERENCE_MODEL, compare_to_baselines, matched_best_baseline, verdict_line
 
 
 @dataclass
