@@ -82,6 +82,8 @@ def test_verdict_uses_the_seed_spread():
     summary = pd.DataFrame({"model": ["cell_mean", "additive", "flow"], "score": [0.0, 0.2, 0.3],
                             "pearson_delta": [0.3, 0.6, 0.7]})
     assert "one seed only" in verdicts(summary, "additive")[0]
+    assert "one seed only" in verdicts(summary.assign(n_seeds=1, score_sd=np.nan), "additive")[0]
+    summary = summary.assign(n_seeds=[1, 1, 3])
     wide = summary.assign(score_sd=[0.0, 0.1, 0.1])
     assert "within the seed spread" in verdicts(wide, "additive")[0]
     narrow = summary.assign(score_sd=[0.0, 0.01, 0.01])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -29,9 +28,9 @@ Layer = Annotated[str | None, typer.Option("--layer", help="Use this layer inste
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Backed = Annotated[bool, typer.Option("--backed", help="Read the file backed (out of core).")]
 Params = Annotated[list[str] | None, typer.Option(
-    "--param", help="Model parameter KEY=VALUE (repeatable), e.g. --param max_steps=500 "
-    "--param embeddings=genes.csv; flow/transition parameters: see the README.")]
-MinCells = Annotated[int, typer.Option("--min-cells", help="Smallest allowed group.")]
+    "--param", help="Model parameter KEY=VALUE (repeatable): to every selected model that has "
+    "KEY; MODEL.KEY=VALUE to that model only, e.g. --param flow.max_steps=500 --param "
+    "embeddings=genes.csv. A key no selected model has is an error.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
@@ -70,38 +69,12 @@ def _obs_columns(path: Path) -> list[str]:
         a.file.close()
 
 
-def _models(spec: str | None) -> list[str]:
-    from .models import BASELINES, get_model_class
-
-    names = list(BASELINES) if not spec else [m.strip() for m in spec.split(",") if m.strip()]
-    for n in names:
-        get_model_class(n)
-    return names
-
-
-def _finish_benchmark(result, out_dir: Path, title: str, notes: list[str]) -> None:
-    from .eval.html_report import write_html_report
-    from .eval.report import print_summary, write_benchmark_report
-
-    write_benchmark_report(result, out_dir, title, notes)
-    write_html_report(out_dir, result.report_data)
-    print_summary(result.summary, title, result.best_baseline())
-    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md, "
-              "report.html")
-
-
-def _parse_params(items: list[str] | None) -> dict:
-    """['a=1', 'b=x.csv'] -> {'a': 1, 'b': 'x.csv'} (values read as JSON when they parse)."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(f"--param {item!r} is not KEY=VALUE; e.g. --param max_steps=500.")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+Seeds = Annotated[str | None, typer.Option(
+    "--seeds", help="Comma-separated seeds, e.g. 0,1,2: each learned model is fitted once per "
+    "seed and reported as mean ± sd (baselines are deterministic and run once). Default: "
+    "--seed.")]
+TASK_FIXED = ("--split", "--n-folds", "--min-cells", "--drop-small-groups", "--perturbation-key",
+              "--control", "--context-key", "--batch-key", "--layer")
 
 
 @app.command()
@@ -109,26 +82,16 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
         "perturbcast-demo"),
     split: Annotated[str, typer.Option("--split", help="Split kind.")] = "combo",
-    seed: Seed = 0, overwrite: Overwrite = False,
+    seed: Seed = 0,
+    seeds: Seeds = None, overwrite: Overwrite = False,
 ) -> None:
-    """Simulate a screen, run every model on a split, print the table and write a report."""
+    """Simulate a screen, run every model (set models with a short training) on a split,
+    print the table and the verdict, and write a report."""
     _check_out(out_dir, overwrite, is_dir=True)
-    from .benchmark import run_benchmark
-    from .data import make_split, read_experiment
-    from .datasets import simulate
+    from .demo import run_demo
+    from .models.selection import parse_seeds
 
-    t0 = time.perf_counter()
-    adata = simulate(seed=seed)
-    exp = read_experiment(adata, "perturbation", "control", context_key="context",
-                          batch_key="batch")
-    sp = make_split(exp, split, n_folds=3, seed=seed)
-    err.print(f"simulated {exp.describe()}; split {split} with {len(sp.folds)} folds")
-    result = run_benchmark(exp, sp, _models(None), seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sp.to_json(out_dir / "split.json")
-    _finish_benchmark(result, out_dir, f"perturbcast demo (simulated, split={split})",
-                      [f"Simulated data: {exp.describe()}.", f"Seed {seed}."])
-    err.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    run_demo(out_dir, split, parse_seeds(seeds) if seeds else [seed], err)
 
 
 @app.command()
@@ -140,48 +103,59 @@ def benchmark(
     context_key: CtxKey = None,
     batch_key: BatchKey = None,
     layer: Layer = None,
-    split: Annotated[str, typer.Option("--split", help="unseen-perturbation | unseen-context | "
-                                       "combo | a split .json file")] = "unseen-perturbation",
+    split: Annotated[str | None, typer.Option(
+        "--split", help="unseen-perturbation (default) | unseen-context | combo | a split .json "
+        "file")] = None,
     task: Annotated[str | None, typer.Option("--task", help="A real-task preset (sets keys, "
                                              "filter and split).")] = None,
-    models: Annotated[str | None, typer.Option("--models", help="Comma-separated models "
-                                               "(default: every baseline).")] = None,
-    n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated models, or baselines | learned | all (default: all)."
+    )] = None,
+    n_folds: Annotated[int | None, typer.Option("--n-folds", help="Folds (default 5).")] = None,
     fdr: Annotated[str, typer.Option("--fdr", help="per_perturbation | global")] =
     "per_perturbation",
     seed: Seed = 0,
-    min_cells: MinCells = 3,
+    seeds: Seeds = None,
+    min_cells: Annotated[int | None, typer.Option(
+        "--min-cells", help="Smallest allowed group (default 3).")] = None,
     drop_small_groups: DropSmall = False,
     param: Params = None, overwrite: Overwrite = False,
 ) -> None:
-    """Run models over all folds; write summary.csv and per_perturbation.csv.
-
-    --param values apply to the non-baseline models (flow, transition)."""
+    """Run models over all folds; write summary.csv, per_perturbation.csv and fits.csv."""
     _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import Split, make_split
     from .datasets.tasks import load_task
+    from .demo import finish_benchmark
+    from .models.selection import parse_param_items, parse_seeds, route_params, select_models
 
-    names = _models(models)
+    names = select_models(models)
+    model_params = route_params(names, parse_param_items(param))
+    seed_list = parse_seeds(seeds) if seeds else [seed]
     if task:
+        given = [split, n_folds, min_cells, drop_small_groups or None, perturbation_key,
+                 control, context_key, batch_key, layer]
+        clash = [opt for opt, v in zip(TASK_FIXED, given, strict=True) if v is not None]
+        if clash:
+            raise InputError(f"--task {task} sets its own keys, cell filter and split; drop "
+                             f"{', '.join(clash)} (or use --data without --task).")
         exp, sp = load_task(task, data)
     else:
         if data is None or perturbation_key is None or control is None:
             raise InputError("benchmark needs --task, or --data with --perturbation-key and "
                              "--control.")
         exp = _read(data, perturbation_key, control, context_key, batch_key, layer,
-                    min_cells=min_cells, drop_small_groups=drop_small_groups)
+                    min_cells=3 if min_cells is None else min_cells,
+                    drop_small_groups=drop_small_groups)
+        split = split or "unseen-perturbation"
         sp = (Split.from_json(split) if split.endswith(".json")
-              else make_split(exp, split, n_folds=n_folds, seed=seed))
-    err.print(f"{exp.describe()}; {len(sp.folds)} fold(s)")
-    from .models import BASELINES
-
-    params = _parse_params(param)
-    result = run_benchmark(exp, sp, names, seed=seed, fdr=fdr,
-                           model_params={n: params for n in names if n not in BASELINES})
+              else make_split(exp, split, n_folds=n_folds or 5, seed=seed))
+    err.print(f"{exp.describe()}; {len(sp.folds)} fold(s); models: {', '.join(names)}; "
+              f"seeds: {','.join(map(str, seed_list))}")
+    result = run_benchmark(exp, sp, names, fdr=fdr, model_params=model_params, seeds=seed_list)
     out_dir.mkdir(parents=True, exist_ok=True)
     sp.to_json(out_dir / "split.json")
-    _finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()])
+    finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()], err)
 
 
 @app.command()
@@ -235,6 +209,7 @@ def train(
     resume_dir = out_dir.parent / f".{out_dir.name}.resume"
     from .data import Split
     from .models import get_model
+    from .models.selection import parse_param_items, route_params
 
     exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
     mask = None
@@ -250,7 +225,7 @@ def train(
     from .models import BASELINES
     from .train.lightning import global_rank
 
-    params = _parse_params(param)
+    params = route_params([model], parse_param_items(param))[model]
     dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
             "strategy": strategy, "precision": precision}
     if model in BASELINES:

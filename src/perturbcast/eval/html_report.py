@@ -46,35 +46,37 @@ def best_baseline(summary: pd.DataFrame) -> str | None:
 
 
 def verdicts(summary: pd.DataFrame, best: str | None) -> list[str]:
-    """One plain sentence per learned model: better, worse or within the seed spread."""
+    """One plain sentence per learned model against its best baseline (the one with the same
+    gene table, :func:`perturbcast.verdict.compare_to_baselines`): better, worse or within the
+    seed spread (|difference| <= the sd of the model's score over seeds)."""
+    from ..verdict import compare_to_baselines
+
     rows = summary.set_index("model")
-    learned = [m for m in rows.index if m not in _baselines()]
     if best is None:
         return ["No baseline was run, so no model can be judged against one."]
-    b = rows.loc[best]
-    if not learned:
+    comp = compare_to_baselines(summary, _baselines())
+    if comp.empty:
+        b = rows.loc[best]
         return [f"Only baselines were run; the best is {best} (VCC score {b.score:.3f} against "
                 f"cell_mean, pearson_delta {b.pearson_delta:.3f})."]
     out = []
-    for m in learned:
-        r, diff = rows.loc[m], rows.loc[m, "score"] - b.score
-        head = (f"{m}: VCC score {r.score:.3f} against {b.score:.3f} for the best baseline "
-                f"{best} (pearson_delta {r.pearson_delta:.3f} vs {b.pearson_delta:.3f}).")
-        if "score_sd" in rows:
-            spread = float(np.hypot(np.nan_to_num(r.get("score_sd", 0.0)),
-                                    np.nan_to_num(b.get("score_sd", 0.0))))
-            if diff > spread:
-                tail = f"It beats {best} by more than the seed spread (±{spread:.3f})."
-            elif diff < -spread:
-                tail = f"It is worse than {best} by more than the seed spread (±{spread:.3f})."
-            else:
-                tail = (f"The difference ({diff:+.3f}) is within the seed spread (±{spread:.3f}): "
-                        f"no evidence it beats {best}.")
-        else:
+    for c in comp.to_dict("records"):
+        m, b, diff = c["model"], c["baseline"], c["difference"]
+        r, rb = rows.loc[m], rows.loc[b]
+        head = (f"{m}: VCC score {c['score']:.3f} against {c['baseline_score']:.3f} for the best "
+                f"baseline {b} (pearson_delta {r.pearson_delta:.3f} vs {rb.pearson_delta:.3f}).")
+        if c["exceeds_spread"] is None:
             word = "higher" if diff > 0 else "lower" if diff < 0 else "equal"
             tail = (f"Its score is {word} ({diff:+.3f}), from one seed only: the spread is "
                     f"unknown (run with --seeds to measure it).")
-        if r.score == 0 and b.score == 0:
+        elif not c["exceeds_spread"]:
+            tail = (f"The difference ({diff:+.3f}) is within the seed spread "
+                    f"(±{c['score_sd']:.3f}): no evidence it beats {b}.")
+        elif diff > 0:
+            tail = f"It beats {b} by more than the seed spread (±{c['score_sd']:.3f})."
+        else:
+            tail = f"It is worse than {b} by more than the seed spread (±{c['score_sd']:.3f})."
+        if c["score"] == 0 and c["baseline_score"] == 0:
             tail += " Neither beats cell_mean on the VCC score."
         out.append(f"{head} {tail}")
     return out

@@ -8,6 +8,7 @@ and perturbation vocabulary, so they can be applied to a new file without guessi
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -49,6 +50,17 @@ class PerturbationModel(ABC):
         self.vocabulary: list[str] = []
         self.contexts: list[str] = []
         self.keys: dict[str, Any] = {}
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """Names of the parameters this model takes (``--param KEY=VALUE``, ``get_model``).
+
+        Default: the keyword parameters of ``__init__`` other than ``seed``; a model that takes
+        ``**params`` with a table of defaults overrides this."""
+        sig = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return tuple(n for n, p in sig.parameters.items()
+                     if p.kind in kinds and n not in ("self", "seed"))
 
     # ---- public API --------------------------------------------------------------------------
     def fit(self, exp: Experiment, train_mask: np.ndarray | None = None) -> PerturbationModel:

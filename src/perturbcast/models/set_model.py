@@ -260,8 +260,8 @@ class SetModel(PerturbationModel):
             names = exp.genes.astype(str)
             return names, training_gene_features(names, deltas, x.read(ctrl))
 
-        names, vecs, _ = resolve_embeddings(self.params["embeddings"], learned, train_table,
-                                            self.name)
+        names, vecs, self.embeddings_used = resolve_embeddings(
+            self.params["embeddings"], learned, train_table, self.name)
         if vecs.size:
             vecs = vecs / (vecs.std() + 1e-12)
         return PerturbationFeatures(learned, names, vecs, exp.separator, exp.control)
