@@ -213,6 +213,12 @@ def predict(
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
     layer: Layer = None, backed: Backed = False,
+    prompt: Annotated[Path | None, typer.Option(
+        "--prompt", help="incontext: .h5ad with example cells of each perturbation (and "
+        "controls); default: the model's training cells.")] = None,
+    prompt_filter: Annotated[list[str] | None, typer.Option(
+        "--prompt-filter", help="incontext: keep prompt cells with obs KEY=VALUE "
+        "(repeatable).")] = None,
 ) -> None:
     """Predict cells for perturbations from the control cells of a file (model's keys)."""
     from .models.base import PerturbationModel
@@ -224,11 +230,58 @@ def predict(
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
+    options = _prompt_options(m, prompt, prompt_filter)
     pred = m.predict(exp, [(p, c) for c in ctxs for p in perts], n_cells=n_cells,
-                     include_controls=include_controls)
+                     include_controls=include_controls, **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {pred.n_obs} cells x {pred.n_vars} genes")
+
+
+def _prompt_options(m, prompt: Path | None, prompt_filter: list[str] | None) -> dict:
+    if prompt is None and not prompt_filter:
+        return {}
+    if m.name != "incontext":
+        raise InputError(f"--prompt/--prompt-filter work with the incontext model, not "
+                         f"{m.name!r}; drop them.")
+    if prompt is not None and not prompt.exists():
+        raise InputError(f"file not found: {prompt}; check the path passed to --prompt.")
+    filt = {}
+    for item in prompt_filter or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--prompt-filter {item!r} is not KEY=VALUE; e.g. "
+                             f"--prompt-filter cell_type=B.")
+        filt.setdefault(key.strip(), []).append(value)
+    import anndata as ad
+
+    return {"prompt": ad.read_h5ad(prompt) if prompt is not None else None,
+            "prompt_filter": filt or None}
+
+
+@app.command()
+def embed(
+    model_dir: Annotated[Path, typer.Option("--model", help="Saved incontext model folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".h5ad with cells to embed.")],
+    out_file: Annotated[Path, typer.Option("--out", help=".h5ad to write (the input with "
+                                           "obsm['X_perturbcast']).")],
+) -> None:
+    """Embed cells with an incontext model: writes obsm['X_perturbcast']."""
+    import anndata as ad
+
+    from .models.base import PerturbationModel
+    from .utils import atomic_path
+
+    m = PerturbationModel.load(model_dir)
+    if not hasattr(m, "embed"):
+        raise InputError(f"model {m.name!r} has no embeddings; use an incontext model.")
+    if not data.exists():
+        raise InputError(f"file not found: {data}; check the path passed to --data.")
+    adata = ad.read_h5ad(data)
+    adata.obsm["X_perturbcast"] = m.embed(adata)
+    with atomic_path(out_file) as tmp:
+        adata.write_h5ad(tmp)
+    err.print(f"wrote {out_file}: obsm['X_perturbcast'] {adata.obsm['X_perturbcast'].shape}")
 
 
 @app.command()
