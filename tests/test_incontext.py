@@ -13,7 +13,7 @@ from perturbcast.data import read_experiment
 from perturbcast.datasets import simulate
 from perturbcast.errors import InputError
 from perturbcast.models import get_model
-from perturbcast.models.incontext_sets import PretrainSampler, roles
+from perturbcast.models.incontext_sets import PretrainSampler, prompt_cells, roles
 from perturbcast.modules.tabular import (
     TabularSetNet,
     masked_reconstruction_loss,
@@ -97,6 +97,17 @@ def test_equivariant_under_permutations_within_prompt_and_query(cross):
         y = net(x, role, mask=prompt_mask(6, 8))
         y_perm = net(x[:, perm], role, mask=prompt_mask(6, 8))
     assert torch.allclose(y[:, perm], y_perm, atol=1e-5)
+
+
+def test_prompt_rule_other_contexts_then_singles_then_same_context():
+    perts = np.array(["A", "A", "B", "A+B", "C"])
+    ctxs = np.array(["x", "y", "x", "x", "x"])
+    split = lambda label: tuple(label.split("+"))  # noqa: E731
+    assert prompt_cells(perts, ctxs, "A", "x", split) == (np.array([1]), "other_contexts")
+    idx, rule = prompt_cells(perts, ctxs, "A+B", "x", split)
+    assert rule == "components" and idx.tolist() == [0, 1, 2]
+    assert prompt_cells(perts, ctxs, "C", "x", split)[1] == "same_context"
+    assert prompt_cells(perts, ctxs, "D", "x", split)[1] == ""
 
 
 def test_nb_log_likelihood_matches_torch():
