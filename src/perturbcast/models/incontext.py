@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = dict(
 )
 CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb")}
 NB_SCALE = 1e4  # counts scale of log1p(total 1e4) data
+NORMALISATION = "log1p(counts / total * 1e4); raw counts are normalised on reading"
 
 
 class InContextModel(PerturbationModel):
@@ -213,11 +214,15 @@ class InContextModel(PerturbationModel):
     # ---- saving ----------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"bank.{k}": v for k, v in self.bank.items()}
+        state["normalisation"] = np.asarray(NORMALISATION)  # what the network reads
         for k, v in self.net.state_dict().items():
             state[f"net.{k}"] = v.detach().cpu().numpy()
         return state
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        if str(state.get("normalisation", NORMALISATION)) != NORMALISATION:
+            raise InputError("this incontext model was saved with another normalisation "
+                             f"({state['normalisation']}); refit it with this version.")
         self.bank = {k[5:]: v for k, v in state.items() if k.startswith("bank.")}
         self.net = self._new_net(len(self.genes))
         self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
