@@ -154,6 +154,14 @@ def test_save_load_identical_predictions_and_embeddings(ic_exp, ic_model, tmp_pa
     np.testing.assert_array_equal(emb, ic_model.embed(ic_exp))
 
 
+def test_nb_head_fits_and_predicts(ic_exp):
+    model = get_model("incontext", seed=0, head="nb", **dict(TINY, pretrain_steps=3,
+                                                            finetune_steps=3))
+    pred = model.fit(ic_exp).predict(ic_exp, [("G0013", "ctx0")], n_cells=10, prompt=None)
+    x = np.asarray(pred.X)
+    assert x.shape == (10, ic_exp.n_genes) and np.isfinite(x).all() and (x >= 0).all()
+
+
 def test_prompt_filter_and_bad_parameters(ic_exp, ic_model):
     with pytest.raises(InputError, match="selects no cells"):
         ic_model.predict(ic_exp, [("G0013", "ctx0")], n_cells=5, prompt=ic_exp,
