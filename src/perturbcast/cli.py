@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from . import cli_incontext
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -230,58 +231,14 @@ def predict(
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
-    options = _prompt_options(m, prompt, prompt_filter)
+    from .cli_incontext import prompt_options
+
+    options = prompt_options(m, prompt, prompt_filter)
     pred = m.predict(exp, [(p, c) for c in ctxs for p in perts], n_cells=n_cells,
                      include_controls=include_controls, **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {pred.n_obs} cells x {pred.n_vars} genes")
-
-
-def _prompt_options(m, prompt: Path | None, prompt_filter: list[str] | None) -> dict:
-    if prompt is None and not prompt_filter:
-        return {}
-    if m.name != "incontext":
-        raise InputError(f"--prompt/--prompt-filter work with the incontext model, not "
-                         f"{m.name!r}; drop them.")
-    if prompt is not None and not prompt.exists():
-        raise InputError(f"file not found: {prompt}; check the path passed to --prompt.")
-    filt = {}
-    for item in prompt_filter or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(f"--prompt-filter {item!r} is not KEY=VALUE; e.g. "
-                             f"--prompt-filter cell_type=B.")
-        filt.setdefault(key.strip(), []).append(value)
-    import anndata as ad
-
-    return {"prompt": ad.read_h5ad(prompt) if prompt is not None else None,
-            "prompt_filter": filt or None}
-
-
-@app.command()
-def embed(
-    model_dir: Annotated[Path, typer.Option("--model", help="Saved incontext model folder.")],
-    data: Annotated[Path, typer.Option("--data", help=".h5ad with cells to embed.")],
-    out_file: Annotated[Path, typer.Option("--out", help=".h5ad to write (the input with "
-                                           "obsm['X_perturbcast']).")],
-) -> None:
-    """Embed cells with an incontext model: writes obsm['X_perturbcast']."""
-    import anndata as ad
-
-    from .models.base import PerturbationModel
-    from .utils import atomic_path
-
-    m = PerturbationModel.load(model_dir)
-    if not hasattr(m, "embed"):
-        raise InputError(f"model {m.name!r} has no embeddings; use an incontext model.")
-    if not data.exists():
-        raise InputError(f"file not found: {data}; check the path passed to --data.")
-    adata = ad.read_h5ad(data)
-    adata.obsm["X_perturbcast"] = m.embed(adata)
-    with atomic_path(out_file) as tmp:
-        adata.write_h5ad(tmp)
-    err.print(f"wrote {out_file}: obsm['X_perturbcast'] {adata.obsm['X_perturbcast'].shape}")
 
 
 @app.command()
@@ -361,6 +318,9 @@ def gene_vectors(
         names, vec = fill_missing(load_embedding_table(fill), (names, vec))
     save_table(out_file, names, vec)
     err.print(f"wrote {out_file}: {len(names)} names x {vec.shape[1]} dims")
+
+
+cli_incontext.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
