@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -47,9 +49,9 @@ from ..modules.tabular import (
 )
 from ..train.lightning import TrainConfig, train_network
 from ..utils import seed_everything
-from .base import PerturbationModel
+from .base import Condition, PerturbationModel
 from .incontext_io import bank_state, experiment_like, prompt_source
-from .incontext_sets import InContextSampler, PretrainSampler, roles
+from .incontext_sets import InContextSampler, PretrainSampler, PromptSource, roles
 
 DEFAULTS: dict[str, Any] = dict(
     n_modules=32, dim=16, depth=4, n_heads=4, cross="module", head="gaussian", prompt_summary=True,
@@ -160,9 +162,10 @@ class InContextModel(PerturbationModel):
         self.bank = bank_state(exp, idx, perts, ctxs, p["bank_cells"], p["bank_controls"], rng)
 
     # ---- prediction ------------------------------------------------------------------------
-    def predict(self, exp: Experiment, conditions, n_cells=100, include_controls: bool = False,
+    def predict(self, exp: Experiment, conditions: Iterable[Condition] | pd.DataFrame,
+                n_cells: int | Mapping[Condition, int] = 100, include_controls: bool = False,
                 prompt: Experiment | ad.AnnData | None = None,
-                prompt_filter: dict[str, str] | None = None) -> ad.AnnData:
+                prompt_filter: dict[str, object] | None = None) -> ad.AnnData:
         """As :meth:`PerturbationModel.predict`, with the prompt source.
 
         Parameters
@@ -176,8 +179,9 @@ class InContextModel(PerturbationModel):
         source = prompt_source(self, prompt, prompt_filter)
         return super().predict(exp, conditions, n_cells, include_controls, prompt=source)
 
-    def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None,
-                       prompt=None) -> np.ndarray:
+    def _predict_cells(self, x_ctrl: np.ndarray, perturbation: str, context: str,
+                       exp: Experiment, ctrl_pool: np.ndarray, ctrl_idx: np.ndarray | None = None,
+                       prompt: PromptSource | None = None) -> np.ndarray:
         source = prompt if prompt is not None else prompt_source(self, None, None)
         rng = np.random.default_rng([self.seed, zlib.crc32(f"{perturbation}|{context}".encode())])
         n_prompt = self.params["n_prompt"]
