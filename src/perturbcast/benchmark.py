@@ -20,6 +20,7 @@ import pandas as pd
 from .data.experiment import Experiment, select_genes
 from .data.preprocess import uns_record
 from .data.splits import Fold, Split
+from .errors import InputError
 from .eval.de import FdrMode
 from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
 from .eval.report_data import ReportData
@@ -77,15 +78,27 @@ def _real_adata(exp: Experiment, mask: np.ndarray) -> ad.AnnData:
 
 
 def check_folds(exp: Experiment, split: Split, models: list[str],
-                model_params: dict[str, dict], seed: int = 0) -> None:
+                model_params: dict[str, dict], seed: int = 0,
+                skip_unable: bool = False) -> list[str]:
     """Fail before any training when a fold does not match the data or a model could not
-    predict a fold's test perturbations (e.g. an unseen one without a gene vector)."""
-    for fold in split.folds:
-        train = fold.train_mask(exp)
-        test_perts = sorted({p for p, _ in fold.test})
-        for name in models:
-            model = get_model(name, seed=seed, **model_params.get(name, {}))
-            model.check_can_predict(exp, test_perts, train)
+    predict a fold's test perturbations (e.g. an unseen one without a gene vector).
+
+    With ``skip_unable`` a model that cannot predict some fold is left out instead, with a
+    warning naming it and why (for "every model" defaults); returns the models kept."""
+    keep = []
+    for name in models:
+        try:
+            for fold in split.folds:
+                model = get_model(name, seed=seed, **model_params.get(name, {}))
+                model.check_can_predict(exp, sorted({p for p, _ in fold.test}),
+                                        fold.train_mask(exp))
+        except InputError as exc:
+            if not skip_unable or name == REFERENCE_MODEL:
+                raise
+            warnings.warn(f"{name} is left out of this benchmark: {exc}", stacklevel=2)
+            continue
+        keep.append(name)
+    return keep
 
 
 def _fold_references(exp: Experiment, fold: Fold, fdr: FdrMode):
@@ -124,6 +137,7 @@ def run_benchmark(
     show_progress: bool = True,
     seeds: Sequence[int] | None = None,
     n_top_genes: int | None = None,
+    skip_unable: bool = False,
 ) -> BenchmarkResult:
     """Fit and evaluate each model on each fold; see :class:`BenchmarkResult`.
 
@@ -138,11 +152,13 @@ def run_benchmark(
         once, with the first seed
     n_top_genes : per fold, keep the most variable genes of that fold's training cells
         (:func:`~perturbcast.data.select_genes`), so held-out perturbations cannot choose them
+    skip_unable : leave out (with a warning) a model that cannot predict a fold's test
+        perturbations instead of failing (see :func:`check_folds`)
     """
     model_params = model_params or {}
     seeds = list(dict.fromkeys(seeds)) if seeds else [seed]
     names = list(dict.fromkeys([REFERENCE_MODEL, *(MODELS if models is None else models)]))
-    check_folds(exp, split, names, model_params, seeds[0])
+    names = check_folds(exp, split, names, model_params, seeds[0], skip_unable)
     full = exp
     runs = [(n, s) for n in names for s in (seeds[:1] if n in BASELINES else seeds)]
     units, rows, fits = [], [], []

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from . import cli_incontext
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -152,7 +153,9 @@ def benchmark(
               else make_split(exp, split, n_folds=n_folds or 5, seed=seed))
     err.print(f"{exp.describe()}; {len(sp.folds)} fold(s); models: {', '.join(names)}; "
               f"seeds: {','.join(map(str, seed_list))}")
-    result = run_benchmark(exp, sp, names, fdr=fdr, model_params=model_params, seeds=seed_list)
+    group = not models or any(g in ("all", "learned") for g in models.split(","))
+    result = run_benchmark(exp, sp, names, fdr=fdr, model_params=model_params, seeds=seed_list,
+                           skip_unable=group)  # a group skips (announced) what cannot run
     out_dir.mkdir(parents=True, exist_ok=True)
     sp.to_json(out_dir / "split.json")
     finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()], err)
@@ -222,16 +225,16 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    from .models import BASELINES
+    from .models import get_model_class
     from .train.lightning import global_rank
 
     params = route_params([model], parse_param_items(param))[model]
     dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
             "strategy": strategy, "precision": precision}
-    if model in BASELINES:
+    if "devices" not in get_model_class(model).param_names():
         if dist != {"devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "auto"}:
             raise InputError(f"--devices/--num-nodes/--strategy/--precision apply to the set "
-                             f"models (flow, transition); {model!r} is fitted in one pass.")
+                             f"models (flow, transition); {model!r} trains on one process.")
     else:
         params = {**dist, **params}
     m = get_model(model, seed=seed, **params)
@@ -261,6 +264,12 @@ def predict(
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
     layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
+    prompt: Annotated[Path | None, typer.Option(
+        "--prompt", help="incontext: .h5ad with example cells of each perturbation (and "
+        "controls); default: the model's training cells.")] = None,
+    prompt_filter: Annotated[list[str] | None, typer.Option(
+        "--prompt-filter", help="incontext: keep prompt cells with obs KEY=VALUE "
+        "(repeatable).")] = None,
 ) -> None:
     """Predict cells for perturbations from the control cells of a file (model's keys)."""
     _check_out(out_file, overwrite, is_dir=False)
@@ -280,8 +289,11 @@ def predict(
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
+    from .cli_incontext import prompt_options
+
+    options = prompt_options(m, prompt, prompt_filter)
     pred = m.predict(exp, [(p, c) for c in ctxs for p in perts], n_cells=n_cells,
-                     include_controls=include_controls)
+                     include_controls=include_controls, **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {pred.n_obs} cells x {pred.n_vars} genes")
@@ -458,6 +470,9 @@ def gene_vectors(
         names, vec = fill_missing(load_embedding_table(fill), (names, vec))
     save_table(out_file, names, vec)
     err.print(f"wrote {out_file}: {len(names)} names x {vec.shape[1]} dims")
+
+
+cli_incontext.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from .baselines import (
     PerturbationMeanBaseline,
 )
 from .gene_baselines import KnnBaseline, LinearBaseline
+from .incontext import InContextModel
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
@@ -20,7 +21,7 @@ MODELS: dict[str, type[PerturbationModel]] = {
               AdditiveBaseline, LinearBaseline, KnnBaseline)
 }
 BASELINES = tuple(MODELS)
-MODELS.update({m.name: m for m in (FlowModel, TransitionModel)})
+MODELS.update({m.name: m for m in (FlowModel, TransitionModel, InContextModel)})
 
 
 def get_model_class(name: str) -> type[PerturbationModel]:

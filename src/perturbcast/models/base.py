@@ -93,6 +93,7 @@ class PerturbationModel(ABC):
         conditions: Iterable[Condition] | pd.DataFrame,
         n_cells: int | Mapping[Condition, int] = 100,
         include_controls: bool = False,
+        **options: Any,
     ) -> ad.AnnData:
         """Predict cells for each (perturbation, context) from that context's control cells.
 
@@ -103,6 +104,8 @@ class PerturbationModel(ABC):
             (and optionally ``n_cells``)
         n_cells : cells per condition (int), or a mapping condition -> count
         include_controls : append the contexts' real control cells (cell-eval convention)
+        **options : passed to the subclass's ``_predict_cells`` (e.g. the in-context model's
+            prompt source)
 
         Returns
         -------
@@ -131,7 +134,7 @@ class PerturbationModel(ABC):
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
             pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
             x_ctrl = exp.rows(pick)[:, gene_idx]
-            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick)
+            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
             blocks.append(np.clip(pred, 0.0, None).astype(np.float32))
             labels += [pert] * n
             ctxs += [ctx] * n
