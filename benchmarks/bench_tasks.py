@@ -64,6 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     models = select_models(args.models)
+    group = any(g in ("all", "learned") for g in args.models.split(","))
     seeds = parse_seeds(args.seeds)
     table = args.embeddings
     params = {**json.loads(args.params), **parse_param_items(args.param)}
@@ -76,7 +77,7 @@ def main() -> None:
         t0 = time.perf_counter()
         exp, split = load_task(name)
         res = run_benchmark(exp, split, models, model_params=model_params, seeds=seeds,
-                            show_progress=False)
+                            show_progress=False, skip_unable=group)
         secs = time.perf_counter() - t0
         best = res.best_baseline()
         print(f"\n{name}: {exp.describe()} ({secs:.1f}s); * best baseline")

@@ -169,7 +169,7 @@ FILE_CASES = [
     ("csv-not-h5ad", _bytes(b"cell,gene\nc1,1\n"), "could not read"),
     ("random-bytes", _bytes(bytes(range(256)) * 64), "could not read"),
     ("truncated-h5ad", _truncated, "could not read"),
-    ("directory-not-file", _folder, "could not read"),
+    ("directory-not-file", _folder, "is a folder, not an .h5ad file"),
 ]
 
 

@@ -68,6 +68,9 @@ def open_h5ad(source, backed: bool, option: str = "--data") -> ad.AnnData:
     path = os.fspath(source)
     if not os.path.exists(path):
         raise InputError(f"file not found: {path}; check the path passed to {option}.")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder, not an .h5ad file (nor a store made by "
+                         f"`perturbcast convert`); pass the .h5ad file itself to {option}.")
     try:
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a user input problem
