@@ -10,10 +10,21 @@ Parameters (all saved with the model)
 space : "pca" (default) or "genes"; n_latent : PCA size
 set_size, n_sets : cells per set and sets per optimiser step
 dim, depth, n_heads : set encoder size
-max_steps, lr, patience, val_fraction : training; validation sets are held-out perturbed
-    cells of every training condition, generated from training controls (``val_controls=
-    "held_out"`` holds out controls too), scored by the error of the set's mean change
-    (+ energy distance with ``val_energy``); the best epoch's weights are kept
+max_epochs, min_steps, max_steps : training budget: ``max_epochs`` passes over the training
+    perturbed cells (an epoch is ``n_cells / (set_size * n_sets)`` steps), at least
+    ``min_steps`` and at most ``max_steps`` steps (``max_epochs=None``: ``max_steps``)
+lr, patience, min_delta, val_fraction : validation sets are held-out perturbed cells of every
+    training condition, generated from training controls (``val_controls="held_out"`` holds
+    out controls too), scored by the error of the set's mean change (+ energy distance with
+    ``val_energy``); training stops after ``patience`` validations without a relative
+    improvement of ``min_delta`` (patience counts validations, one per 100 steps); the best
+    weights are kept
+base, inner_unit, inner_folds : residual on a baseline (``none``, ``auto`` or a baseline name,
+    see :mod:`~perturbcast.models.set_residual`): sets start at the controls plus the base's
+    predicted mean change and the network learns the correction; ``auto`` chooses by inner
+    cross-validation over training conditions
+n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
+    mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
 embeddings : "train" (gene features from training data), "none", or a table path (csv/parquet/npz);
     several comma-separated paths are joined side by side (see
     :func:`~perturbcast.datasets.priors.join_tables`)
@@ -25,16 +36,17 @@ learned_dropout, context_dropout : see :class:`~perturbcast.modules.Perturbation
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from ..data.experiment import Experiment
-from ..data.sets import SetBatch, SetSampler, holdout_cells
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
@@ -42,21 +54,22 @@ from ..train.lightning import TrainConfig, train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
-from .perturbation_features import (
-    PerturbationFeatures,
-    load_embedding_tables,
-    training_gene_features,
-)
+from .perturbation_features import PerturbationFeatures
+from .set_data import SetBatches, prepare
+from .set_residual import check_base, choose_base, fit_base
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
-    max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="train", dose_key=None,
-    learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None, show_progress=False,
-    val_energy=False, val_controls="train",
+    max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
+    val_fraction=0.1, embeddings="train", dose_key=None, base="none", inner_unit="auto",
+    inner_folds=5, n_seeds=1, learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None,
+    show_progress=False, val_energy=False, val_controls="train",
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
-                             "val_controls": ("train", "held_out")}
+                             "val_controls": ("train", "held_out"),
+                             "inner_unit": ("auto", "perturbation", "condition")}
 N_VAL_BATCHES = 4
+VAL_EVERY = 100  # steps between two validations (fewer when the whole budget is smaller)
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
 
@@ -77,8 +90,14 @@ class SetModel(PerturbationModel):
             if key in self.params and self.params[key] not in allowed:
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
+        check_base(self.params["base"])
+        if int(self.params["n_seeds"]) < 1:
+            raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
+        self.members: list[ConditionalSetNet] = []
+        self.base_name, self.base_model = "none", None
         self.training_summary: dict[str, Any] = {}
+        self._spread: dict[str, float] = {}
 
     # ---- subclass hooks --------------------------------------------------------------------------
     def arrange(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
@@ -98,7 +117,7 @@ class SetModel(PerturbationModel):
         ``val_energy``."""
         cond = {k: batch[k] for k in COND_KEYS}
         gen = self.generate(net, batch["x0"], cond, None)
-        real_change = batch["x1"].mean(1) - batch["x0"].mean(1)
+        real_change = batch["x1"].mean(1) - (batch["x0"].mean(1) - batch["base"])
         err = (gen.mean(1) - batch["x1"].mean(1)).pow(2).sum(-1).mean()
         loss = err / real_change.pow(2).sum(-1).mean().clamp_min(1e-8)
         if self.params["val_energy"]:
@@ -110,113 +129,56 @@ class SetModel(PerturbationModel):
         p = self.params
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
-        idx = np.flatnonzero(mask)
-        x = exp.rows(idx)
-        perts = exp.perturbations[idx].astype(str)
-        ctxs = exp.contexts[idx].astype(str)
-        batches = exp.batches[idx].astype(str) if exp.batches is not None else None
-        is_ctrl = perts == exp.control
-        self.latent = LatentSpace(p["space"], p["n_latent"]).fit(x, rng)
-        z = self.latent.encode(x)
-
-        groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
-        cond_keys = sorted(groups)
-        cond_cells = [np.flatnonzero(~is_ctrl)[groups[k]] for k in cond_keys]
-        self.context_names = sorted({c for _, c in cond_keys})
-        self.batch_names = sorted(set(batches)) if batches is not None else []
-        ctx_id = {c: i + 1 for i, c in enumerate(self.context_names)}
-        cell_ctx = np.array([ctx_id.get(c, 0) for c in ctxs])
-        cell_batch = (np.searchsorted(self.batch_names, batches) + 1) if batches is not None \
-            else None
-        self.doses = self._training_doses(exp, idx, perts)
-        self.features = self._build_features(exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells)
-        enc = self.features.encode([k[0] for k in cond_keys],
-                                   [self.doses.get(k[0], 0.0) for k in cond_keys])
-        enc["context"] = np.array([ctx_id[k[1]] for k in cond_keys])
-
-        train_cells, val_cells = holdout_cells(cond_cells, p["val_fraction"], rng)
-        ctrl_groups = [np.flatnonzero(is_ctrl & (cell_ctx == c)) for c in np.unique(cell_ctx)]
-        if p["val_controls"] == "held_out":
-            ctrl_train, ctrl_val = holdout_cells(ctrl_groups, p["val_fraction"], rng)
-        else:  # validation sets start from training controls, as predictions in a benchmark do
-            ctrl_train = ctrl_val = ctrl_groups
-
-        def sampler(cells: list[np.ndarray], ctrl: list[np.ndarray], keep: np.ndarray):
-            is_c = np.zeros(len(idx), bool)
-            is_c[np.concatenate(ctrl)] = True
-            return SetSampler([cells[i] for i in keep], enc["context"][keep], cell_ctx,
-                              cell_batch, is_c, p["set_size"])
-
-        all_conds = np.arange(len(cond_keys))
-        train_sampler = sampler(train_cells, ctrl_train, all_conds)
-        val_keep = np.array([i for i, v in enumerate(val_cells) if v.size], int)
-        has_val_ctrl = all(c.size for c in ctrl_val)
-        z_t = torch.from_numpy(z)
-        enc_t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
-
-        def make(smp: SetSampler, keep: np.ndarray, r: np.random.Generator, drop: float):
-            b = smp.sample(p["n_sets"], r)
-            b.condition = keep[b.condition]
-            return self._batch_tensors(b, z, z_t, enc_t, r, drop)
-
-        self.net = self._new_net(z.shape[1])
-        val_batches = []
-        if val_keep.size and has_val_ctrl:
-            val_sampler = sampler(val_cells, ctrl_val, val_keep)
-            vr = np.random.default_rng(self.seed + 1)
-            val_batches = [make(val_sampler, val_keep, vr, 0.0) for _ in range(N_VAL_BATCHES)]
-        config = TrainConfig(max_steps=p["max_steps"], lr=p["lr"], patience=p["patience"],
-                             checkpoint_dir=p["checkpoint_dir"], show_progress=p["show_progress"],
-                             warmup_steps=min(100, max(1, p["max_steps"] // 10)),
-                             steps_per_epoch=min(100, p["max_steps"]))
+        data = prepare(exp, mask, p, self.seed, rng)
+        self.latent, self.features, self.doses = data.latent, data.features, data.doses
+        self.context_names, self.batch_names = data.context_names, data.batch_names
+        self.base_name, oof, base_summary = choose_base(
+            p["base"], exp, mask, data.cond_keys, p["inner_unit"], p["inner_folds"], self.seed)
+        self.base_model = (None if self.base_name == "none" else
+                           fit_base(self.base_name, exp, mask, self.seed))
+        data.enc["base"] = self.latent.encode_change(oof)
+        sets = SetBatches(data, p, self.arrange, rng)
+        val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
+        config, budget = self._budget(sets.n_train_perturbed)
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
-        self.training_summary = train_network(
-            self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
-                                              p["context_dropout"]), val_batches, config, meta,
-            self.validation_loss)
+        self.members, runs = [], []
+        for m in range(p["n_seeds"]):
+            seed_everything(self.seed + m)
+            r = rng if m == 0 else np.random.default_rng(self.seed + m)
+            net = self._new_net(self.latent.dim)
+            if config.max_steps > 0:
+                if p["checkpoint_dir"] and p["n_seeds"] > 1:
+                    config.checkpoint_dir = str(Path(p["checkpoint_dir"]) / f"member{m}")
+                runs.append(train_network(net, self.loss, lambda r=r: sets.train_batch(r),
+                                          val_batches, config, meta, self.validation_loss))
+            else:
+                runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
+            self.members.append(net.cpu().eval())
+        self.net = self.members[0]
+        self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
+                                 "member_steps": [r["steps"] for r in runs]}
 
-    def _batch_tensors(self, b: SetBatch, z: np.ndarray, z_t: Tensor, enc: dict[str, Tensor],
-                       rng: np.random.Generator, drop: float) -> dict[str, Tensor]:
-        order = self.arrange(z[b.ctrl], z[b.pert])
-        pert = np.take_along_axis(b.pert, order, axis=1)
-        cond = torch.from_numpy(b.condition)
-        out = {k: v[cond] for k, v in enc.items()}
-        batch = torch.from_numpy(np.maximum(b.batch, 0))
-        if drop > 0:
-            out["context"] = out["context"] * torch.from_numpy(rng.random(len(cond)) >= drop)
-            batch = batch * torch.from_numpy(rng.random(len(cond)) >= drop)
-        out["batch"] = batch
-        out["x0"] = z_t[torch.from_numpy(b.ctrl)]
-        out["x1"] = z_t[torch.from_numpy(pert)]
-        return out
-
-    def _training_doses(self, exp: Experiment, idx: np.ndarray, perts: np.ndarray):
-        key = self.params["dose_key"]
-        if key is None:
-            return {}
-        dose = pd.to_numeric(exp.adata.obs[key].to_numpy()[idx], errors="coerce")
-        return pd.Series(dose).groupby(perts).median().fillna(0.0).to_dict()
-
-    def _build_features(self, exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells):
-        emb = self.params["embeddings"]
-        learned = sorted({c for k in cond_keys for c in exp.components(k[0])})
-        if emb in (None, "none"):
-            names, vecs = np.zeros(0, str), np.zeros((0, 0), np.float32)
-        elif emb == "train":
-            ctrl_mean = {c: x[is_ctrl & (ctxs == c)].mean(0) for c in np.unique(ctxs[is_ctrl])}
-            glob = x[is_ctrl].mean(0)
-            deltas = np.stack([x[cells].mean(0) - ctrl_mean.get(k[1], glob)
-                               for k, cells in zip(cond_keys, cond_cells, strict=True)])
-            ctrl = np.flatnonzero(is_ctrl)
-            ctrl = ctrl[np.random.default_rng(self.seed).permutation(ctrl.size)[:5000]]
-            names = exp.genes.astype(str)
-            vecs = training_gene_features(names, deltas, x[ctrl])
-        else:
-            names, vecs = load_embedding_tables(emb)
-        if vecs.size:
-            vecs = vecs / (vecs.std() + 1e-12)
-        return PerturbationFeatures(learned, names, vecs, exp.separator, exp.control)
+    def _budget(self, n_cells: int) -> tuple[TrainConfig, dict[str, Any]]:
+        """Steps from the data size: an epoch is one pass over the training perturbed cells,
+        ``n_cells / (set_size * n_sets)`` steps; ``max_epochs`` of them, at least
+        ``min_steps`` and at most ``max_steps``. Validation (and patience) runs every
+        ``VAL_EVERY`` steps, as before the budget existed: each epoch's loader draws a seed
+        from the global torch RNG, so the interval changes the training noise, and the tiny
+        known-shift flow test (max 0.17 error at 100) missed its bound at 20 and 50."""
+        p = self.params
+        epoch = n_cells / (p["set_size"] * p["n_sets"])
+        total = int(p["max_steps"])
+        if p["max_epochs"] is not None:
+            total = min(total, max(int(p["min_steps"]), math.ceil(p["max_epochs"] * epoch)))
+        every = VAL_EVERY
+        config = TrainConfig(max_steps=total, lr=p["lr"], patience=p["patience"],
+                             min_delta=p["min_delta"], checkpoint_dir=p["checkpoint_dir"],
+                             show_progress=p["show_progress"],
+                             warmup_steps=min(100, max(1, total // 10)),
+                             steps_per_epoch=max(1, min(every, total)))
+        return config, {"budget_steps": total, "steps_per_epoch": config.steps_per_epoch,
+                        "data_epoch_steps": round(epoch, 3)}
 
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
@@ -226,6 +188,19 @@ class SetModel(PerturbationModel):
                                  p["learned_dropout"])
 
     # ---- prediction ----------------------------------------------------------------------------
+    def predict(self, *args: Any, **kwargs: Any) -> ad.AnnData:
+        """See :meth:`PerturbationModel.predict`; ``uns["perturbcast"]["spread"]`` holds, per
+        ``"perturbation|context"``, the spread of the ensemble members' predicted mean change
+        (root mean over genes of its variance across members; 0 with one member)."""
+        self._spread = {}
+        out = super().predict(*args, **kwargs)
+        out.uns["perturbcast"]["spread"] = dict(self._spread)
+        return out
+
+    def prediction_spread(self) -> dict[str, float]:
+        """The members' spread per ``"perturbation|context"`` of the last :meth:`predict`."""
+        return dict(self._spread)
+
     def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
         dose = self._dose(exp, perturbation, context)
         enc = self.features.encode([perturbation], [dose])  # raises for an unknown perturbation
@@ -241,10 +216,12 @@ class SetModel(PerturbationModel):
             for chunk in np.array_split(g, int(np.ceil(g.size / size))):
                 sets.append(chunk)
                 set_batch.append(self._batch_id(name if use_batch else None))
-        width = max(s.size for s in sets)
         z = self.latent.encode(x_ctrl)
-        x0 = np.zeros((len(sets), width, z.shape[1]), np.float32)
-        mask = np.zeros((len(sets), width), bool)
+        base = None if self.base_model is None else self.base_model.delta(perturbation, context)
+        if base is not None:
+            z = z + self.latent.encode_change(base[None, :])
+        x0 = np.zeros((len(sets), max(s.size for s in sets), z.shape[1]), np.float32)
+        mask = np.zeros(x0.shape[:2], bool)
         for i, s in enumerate(sets):
             x0[i, :s.size] = z[s]
             mask[i, :s.size] = True
@@ -252,14 +229,33 @@ class SetModel(PerturbationModel):
         cond = {k: torch.from_numpy(np.repeat(v, len(sets), axis=0)) for k, v in enc.items()}
         cond["context"] = torch.full((len(sets),), ctx, dtype=torch.long)
         cond["batch"] = torch.as_tensor(set_batch, dtype=torch.long)
-        torch.manual_seed(self.seed)
-        with torch.no_grad():
-            z1 = self.generate(self.net.eval(), torch.from_numpy(x0), cond,
-                               torch.from_numpy(mask)).numpy()
-        out = np.empty_like(z)
-        for i, s in enumerate(sets):
-            out[s] = z1[i, :s.size]
-        return x_ctrl + self.latent.decode_change(out - z)
+        changes = []  # per member: each cell's latent change from its (shifted) start
+        for net in self.members:
+            torch.manual_seed(self.seed)
+            with torch.no_grad():
+                z1 = self.generate(net.eval(), torch.from_numpy(x0), cond,
+                                   torch.from_numpy(mask)).numpy()
+            out = np.empty_like(z)
+            for i, s in enumerate(sets):
+                out[s] = z1[i, :s.size]
+            changes.append(out - z)
+        change = self._combine(changes, f"{perturbation}|{context}")
+        pred = x_ctrl + self.latent.decode_change(change)
+        return pred if base is None else pred + base[None, :].astype(np.float32)
+
+    def _combine(self, changes: list[np.ndarray], key: str) -> np.ndarray:
+        """Members' per-cell changes (k arrays of shape (n, d)) -> one (n, d): cell i from
+        member i mod k, moved so the mean change is the members' average; records the spread."""
+        if len(changes) == 1:
+            self._spread[key] = 0.0
+            return changes[0]
+        means = np.stack([c.mean(0) for c in changes])  # (k, d)
+        avg = means.mean(0)
+        member = np.arange(changes[0].shape[0]) % len(changes)
+        out = np.stack(changes)[member, np.arange(member.size)] + (avg - means)[member]
+        genes = self.latent.decode_change(means)  # (k, n_genes)
+        self._spread[key] = float(np.sqrt(genes.var(0, ddof=1).mean()))
+        return out
 
     def _batch_id(self, name) -> int:
         if name is None or str(name) not in self.batch_names:
@@ -284,12 +280,18 @@ class SetModel(PerturbationModel):
                  "context_names": np.asarray(self.context_names, dtype=str),
                  "batch_names": np.asarray(self.batch_names, dtype=str),
                  "dose_names": np.asarray(list(self.doses), dtype=str),
-                 "dose_values": np.asarray(list(self.doses.values()), np.float64)}
-        for k, v in self.net.state_dict().items():
-            state[f"net.{k}"] = v.detach().cpu().numpy()
+                 "dose_values": np.asarray(list(self.doses.values()), np.float64),
+                 "base_name": np.asarray(self.base_name)}
+        for m, net in enumerate(self.members):  # member 0 as "net.", the others "net1." ...
+            for k, v in net.state_dict().items():
+                state[f"net{m or ''}.{k}"] = v.detach().cpu().numpy()
+        if self.base_model is not None:
+            state.update({f"base.{k}": v for k, v in self.base_model._state().items()})
         return state
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        from . import get_model_class
+
         self.latent = LatentSpace.from_state(state)
         self.features = PerturbationFeatures.from_state(state, self.keys["separator"],
                                                         self.keys["control"])
@@ -297,10 +299,21 @@ class SetModel(PerturbationModel):
         self.batch_names = list(state["batch_names"].astype(str))
         self.doses = dict(zip(state["dose_names"].astype(str), state["dose_values"].tolist(),
                               strict=True))
-        self.net = self._new_net(self.latent.dim)
-        self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
-                                  if k.startswith("net.")})
-        self.net.eval()
+        self.members = []
+        for m in range(int(self.params["n_seeds"])):
+            net = self._new_net(self.latent.dim)
+            prefix = f"net{m or ''}."
+            net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in state.items()
+                                 if k.startswith(prefix)})
+            self.members.append(net.eval())
+        self.net = self.members[0]
+        self.base_name = str(state.get("base_name", "none"))
+        if self.base_name != "none":
+            base = get_model_class(self.base_name)(seed=self.seed)
+            base.genes, base.keys = self.genes, self.keys
+            base.vocabulary, base.contexts = self.vocabulary, self.contexts
+            base._set_state({k[5:]: v for k, v in state.items() if k.startswith("base.")})
+            self.base_model = base
 
     def _save_extra(self, directory: Path) -> None:
         (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))

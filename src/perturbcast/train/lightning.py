@@ -6,7 +6,8 @@ sets: the per-cell training loss of flow matching keeps falling on training cell
 model memorises them, and is a poor guide to the quality of generated sets), and two batch
 makers (training draws fresh random sets each step; validation batches are fixed once, so the
 validation loss is comparable between epochs). The best weights by validation loss are
-restored at the end. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
+restored at the end; early stopping counts epochs without a significant (relative
+``min_delta``) improvement. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
 gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
 """
 
@@ -38,7 +39,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    patience: int = 5  # epochs without validation improvement before stopping
+    patience: int = 5  # epochs without a significant validation improvement before stopping
+    min_delta: float = 0.01  # significant: below (1 - min_delta) x the best loss so far
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto": bf16-mixed on CUDA, else 32-true
     show_progress: bool = False
@@ -73,6 +75,9 @@ class SetTrainingModule(L.LightningModule):
         self.best_loss = math.inf
         self.best_state: dict[str, Tensor] | None = None
         self.history: list[float] = []
+        self.reference = math.inf  # the last significantly better loss
+        self.wait = 0
+        self.stopped_early = False
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self.loss_fn(self.net, batch)
@@ -93,6 +98,13 @@ class SetTrainingModule(L.LightningModule):
         if loss < self.best_loss:
             self.best_loss = loss
             self.best_state = copy.deepcopy(self.net.state_dict())
+        if loss < self.reference * (1 - self.config.min_delta):
+            self.reference, self.wait = loss, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.config.patience:
+                self.stopped_early = True
+                self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perturbcast"] = self.meta
@@ -114,11 +126,14 @@ class SetTrainingModule(L.LightningModule):
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
                   val_fn: LossFn | None = None) -> dict[str, Any]:
-    """Train ``net`` in place; returns a summary (steps, best/last validation loss, epochs)."""
+    """Train ``net`` in place; returns a summary (steps, epochs, whether it stopped early,
+    best/last validation loss).
+
+    Early stopping: after ``patience`` epochs in which the validation loss did not fall below
+    ``(1 - min_delta)`` times the last such improvement, training stops (the best weights, by
+    any improvement, are restored)."""
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
     callbacks: list[L.Callback] = []
-    if val_batches:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_loss", patience=config.patience))
     if config.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
             config.checkpoint_dir, monitor="val_loss" if val_batches else None, save_top_k=1,
@@ -145,6 +160,8 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
     net.cpu().eval()
-    return {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+    epochs = len(module.history) or int(trainer.current_epoch)
+    return {"steps": int(trainer.global_step), "epochs": epochs,
+            "stopped_early": module.stopped_early,
             "best_val_loss": module.best_loss, "last_val_loss": last,
             "val_loss_per_epoch": module.history}
