@@ -91,6 +91,9 @@ def run_benchmark(
                     units.append({"model": name, "fold": fold.name, "context": ctx,
                                   **res.summary})
                     table = res.per_perturbation.reset_index()
+                    spread = pred.uns["perturbcast"].get("spread")  # ensembles (n_seeds > 1)
+                    if spread:
+                        table["spread"] = [spread.get(f"{p}|{ctx}") for p in table.perturbation]
                     table.insert(0, "context", ctx)
                     table.insert(0, "fold", fold.name)
                     table.insert(0, "model", name)

@@ -147,6 +147,8 @@ class SetModel(PerturbationModel):
             seed_everything(self.seed + m)
             r = rng if m == 0 else np.random.default_rng(self.seed + m)
             net = self._new_net(self.latent.dim)
+            if self.base_model is not None:  # zero correction: the prediction is the base's
+                torch.nn.init.zeros_(net.shift.weight)
             if config.max_steps > 0:
                 if p["checkpoint_dir"] and p["n_seeds"] > 1:
                     config.checkpoint_dir = str(Path(p["checkpoint_dir"]) / f"member{m}")
@@ -250,10 +252,11 @@ class SetModel(PerturbationModel):
             self._spread[key] = 0.0
             return changes[0]
         means = np.stack([c.mean(0) for c in changes])  # (k, d)
-        avg = means.mean(0)
+        dev = means - means[0]  # exact zeros for identical members
+        avg_minus = dev.mean(0) - dev  # the members' average minus each member's mean
         member = np.arange(changes[0].shape[0]) % len(changes)
-        out = np.stack(changes)[member, np.arange(member.size)] + (avg - means)[member]
-        genes = self.latent.decode_change(means)  # (k, n_genes)
+        out = np.stack(changes)[member, np.arange(member.size)] + avg_minus[member]
+        genes = self.latent.decode_change(dev)  # (k, n_genes), relative to member 0
         self._spread[key] = float(np.sqrt(genes.var(0, ddof=1).mean()))
         return out
 

@@ -1,0 +1,137 @@
+"""Set models on top of a baseline (residual), the training budget, ensembles and spread."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from test_set_models import TINY, _known_shift_adata
+
+from perturbcast.data import make_split, read_experiment
+from perturbcast.errors import InputError
+from perturbcast.models import get_model
+
+FAST = {**TINY, "max_steps": 40}
+
+
+@pytest.fixture(scope="module")
+def shift_exp():
+    return read_experiment(_known_shift_adata(), "perturbation", "control", input_scale="log1p")
+
+
+@pytest.mark.parametrize("name", ["flow", "transition"])
+def test_residual_with_zero_training_is_exactly_the_base(shift_exp, name):
+    """A+B is unseen; the additive base is (nearly) perfect for it. Without training, the set
+    model's cells are the base's cells (same sampled controls + the same delta)."""
+    train = shift_exp.perturbations != "A+B"
+    conds = [("A+B", "all"), ("A", "all")]
+    model = get_model(name, base="additive", **{**FAST, "max_steps": 0}).fit(shift_exp, train)
+    base = get_model("additive").fit(shift_exp, train)
+    np.testing.assert_array_equal(model.predict(shift_exp, conds, n_cells=50).X,
+                                  base.predict(shift_exp, conds, n_cells=50).X)
+    assert model.training_summary["base"] == "additive"
+    assert model.training_summary["steps"] == 0
+
+
+def test_residual_training_uses_out_of_fold_base_deltas(shift_exp):
+    """The base delta a training condition sees comes from the base fitted without it: with
+    the context-mean base, A's base is the mean of the other singles, not A's own delta."""
+    train = shift_exp.perturbations != "A+B"
+    model = get_model("transition", base="context_mean", **{**FAST, "max_steps": 0})
+    model.fit(shift_exp, train)
+    assert model.training_summary["inner_unit"] == "perturbation"
+    own = get_model("context_mean").fit(shift_exp, train)
+    others = get_model("context_mean").fit(shift_exp, train & (shift_exp.perturbations != "A"))
+    from perturbcast.models.set_residual import choose_base
+
+    keys = [("A", "all"), ("B", "all"), ("C", "all")]
+    _, oof, _ = choose_base("context_mean", shift_exp, train, keys, "auto", 5, 0)
+    np.testing.assert_allclose(oof[0], others.delta("A", "all"), atol=1e-6)
+    assert not np.allclose(oof[0], own.delta("A", "all"), atol=1e-3)
+
+
+def test_residual_model_saves_and_loads(shift_exp, tmp_path):
+    train = shift_exp.perturbations != "A+B"
+    model = get_model("transition", base="additive", n_seeds=2,
+                      **{**FAST, "max_steps": 20}).fit(shift_exp, train)
+    conds = [("A+B", "all"), ("C", "all")]
+    before = model.predict(shift_exp, conds, n_cells=30)
+    model.save(tmp_path / "m")
+    loaded = type(model).load(tmp_path / "m")
+    after = loaded.predict(shift_exp, conds, n_cells=30)
+    np.testing.assert_array_equal(before.X, after.X)
+    assert after.uns["perturbcast"]["spread"] == before.uns["perturbcast"]["spread"]
+
+
+def test_auto_base_never_reads_the_test_fold(sim_adata):
+    """Poisoning the test fold's expression leaves the choice and its inner errors unchanged."""
+    exp = read_experiment(sim_adata, "perturbation", "control", context_key="context")
+    fold = make_split(exp, "combo", n_folds=2, seed=0).folds[0]
+    train = fold.train_mask(exp)
+    params = {**FAST, "max_steps": 0, "base": "auto", "embeddings": "none"}
+    clean = get_model("transition", **params).fit(exp, train).training_summary
+    poisoned = sim_adata.copy()
+    rng = np.random.default_rng(0)
+    test = np.flatnonzero(fold.test_mask(exp))
+    x = poisoned.X.toarray()
+    x[test] = rng.poisson(50.0, (test.size, x.shape[1]))
+    poisoned.X = x
+    exp2 = read_experiment(poisoned, "perturbation", "control", context_key="context")
+    dirty = get_model("transition", **params).fit(exp2, train).training_summary
+    assert clean["base"] == dirty["base"] and clean["base"] != "none"
+    assert clean["inner_error"] == dirty["inner_error"]
+    assert clean["inner_unit"] == "perturbation"  # combos held out in every context
+
+
+def test_base_must_be_a_baseline_with_a_delta():
+    with pytest.raises(InputError, match="base='cell_mean'"):
+        get_model("flow", base="cell_mean")
+    with pytest.raises(InputError, match="n_seeds"):
+        get_model("flow", n_seeds=0)
+
+
+def test_budget_scales_with_the_data():
+    model = get_model("flow")
+    assert model._budget(600)[0].max_steps == 200  # min_steps: a 600-cell file
+    assert model._budget(6_000)[0].max_steps == 879  # 150 passes over 6,000 cells
+    assert model._budget(10**6)[0].max_steps == 1000  # the max_steps cap
+    assert get_model("flow", max_epochs=None)._budget(600)[0].max_steps == 1000
+
+
+def test_budget_stops_on_a_plateau(shift_exp):
+    """Two validations (100 steps apart) without a 10% gain stop a 3,000-step budget."""
+    model = get_model("transition", **{**TINY, "max_steps": 3000, "patience": 1,
+                                       "min_delta": 0.1, "set_size": 16, "n_sets": 4})
+    model.fit(shift_exp)
+    summary = model.training_summary
+    assert summary["stopped_early"] and summary["steps"] < 3000
+    assert len(summary["val_loss_per_epoch"]) == summary["steps"] // 100
+
+
+def test_ensemble_of_identical_members_is_one_member(shift_exp):
+    train = shift_exp.perturbations != "A+B"
+    model = get_model("transition", **FAST).fit(shift_exp, train)
+    conds = [("A+B", "all"), ("B", "all")]
+    one = model.predict(shift_exp, conds, n_cells=40)
+    assert set(one.uns["perturbcast"]["spread"].values()) == {0.0}
+    model.members = [model.net, copy.deepcopy(model.net), copy.deepcopy(model.net)]
+    three = model.predict(shift_exp, conds, n_cells=40)
+    np.testing.assert_array_equal(one.X, three.X)
+    assert set(model.prediction_spread().values()) == {0.0}
+
+
+def test_ensemble_spread_is_positive_for_different_seeds(shift_exp):
+    train = shift_exp.perturbations != "A+B"
+    model = get_model("transition", n_seeds=2, **FAST).fit(shift_exp, train)
+    assert len(model.members) == 2 and model.training_summary["member_steps"] == [40, 40]
+    pred = model.predict(shift_exp, [("A+B", "all"), ("A", "all")], n_cells=40)
+    spread = pred.uns["perturbcast"]["spread"]
+    assert set(spread) == {"A+B|all", "A|all"} and min(spread.values()) > 0
+    # the ensemble's mean change is the members' average (same sampled controls)
+    full = np.asarray(model.predict(shift_exp, [("A", "all")], n_cells=40).X).mean(0)
+    means = []
+    for net in list(model.members):
+        model.members = [net]
+        means.append(np.asarray(model.predict(shift_exp, [("A", "all")], n_cells=40).X).mean(0))
+    np.testing.assert_allclose(full, np.mean(means, 0), atol=1e-3)
