@@ -11,6 +11,7 @@ from test_set_models import TINY, _known_shift_adata
 from perturbcast.data import make_split, read_experiment
 from perturbcast.errors import InputError
 from perturbcast.models import get_model
+from perturbcast.models.set_data import training_budget
 
 FAST = {**TINY, "max_steps": 40}
 
@@ -92,11 +93,11 @@ def test_base_must_be_a_baseline_with_a_delta():
 
 
 def test_budget_scales_with_the_data():
-    model = get_model("flow")
-    assert model._budget(600)[0].max_steps == 200  # min_steps: a 600-cell file
-    assert model._budget(6_000)[0].max_steps == 879  # 150 passes over 6,000 cells
-    assert model._budget(10**6)[0].max_steps == 1000  # the max_steps cap
-    assert get_model("flow", max_epochs=None)._budget(600)[0].max_steps == 1000
+    p = get_model("flow").params
+    assert training_budget(p, 600)[0].max_steps == 200  # min_steps: a 600-cell file
+    assert training_budget(p, 6_000)[0].max_steps == 879  # 150 passes over 6,000 cells
+    assert training_budget(p, 10**6)[0].max_steps == 1000  # the max_steps cap
+    assert training_budget({**p, "max_epochs": None}, 600)[0].max_steps == 1000
 
 
 def test_budget_stops_on_a_plateau(shift_exp):

@@ -36,7 +36,6 @@ learned_dropout, context_dropout : see :class:`~perturbcast.modules.Perturbation
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,12 +49,13 @@ from ..data.experiment import Experiment
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import TrainConfig, train_network
+from ..train.lightning import train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import PerturbationFeatures
-from .set_data import SetBatches, prepare
+from .set_data import SetBatches, prepare, training_budget
+from .set_ensemble import combine_members
 from .set_residual import check_base, choose_base, fit_base
 
 DEFAULTS: dict[str, Any] = dict(
@@ -69,7 +69,6 @@ CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "mid
                              "val_controls": ("train", "held_out"),
                              "inner_unit": ("auto", "perturbation", "condition")}
 N_VAL_BATCHES = 4
-VAL_EVERY = 100  # steps between two validations (fewer when the whole budget is smaller)
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
 
@@ -139,7 +138,7 @@ class SetModel(PerturbationModel):
         data.enc["base"] = self.latent.encode_change(oof)
         sets = SetBatches(data, p, self.arrange, rng)
         val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
-        config, budget = self._budget(sets.n_train_perturbed)
+        config, budget = training_budget(p, sets.n_train_perturbed)
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
         self.members, runs = [], []
@@ -160,27 +159,6 @@ class SetModel(PerturbationModel):
         self.net = self.members[0]
         self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
                                  "member_steps": [r["steps"] for r in runs]}
-
-    def _budget(self, n_cells: int) -> tuple[TrainConfig, dict[str, Any]]:
-        """Steps from the data size: an epoch is one pass over the training perturbed cells,
-        ``n_cells / (set_size * n_sets)`` steps; ``max_epochs`` of them, at least
-        ``min_steps`` and at most ``max_steps``. Validation (and patience) runs every
-        ``VAL_EVERY`` steps, as before the budget existed: each epoch's loader draws a seed
-        from the global torch RNG, so the interval changes the training noise, and the tiny
-        known-shift flow test (max 0.17 error at 100) missed its bound at 20 and 50."""
-        p = self.params
-        epoch = n_cells / (p["set_size"] * p["n_sets"])
-        total = int(p["max_steps"])
-        if p["max_epochs"] is not None:
-            total = min(total, max(int(p["min_steps"]), math.ceil(p["max_epochs"] * epoch)))
-        every = VAL_EVERY
-        config = TrainConfig(max_steps=total, lr=p["lr"], patience=p["patience"],
-                             min_delta=p["min_delta"], checkpoint_dir=p["checkpoint_dir"],
-                             show_progress=p["show_progress"],
-                             warmup_steps=min(100, max(1, total // 10)),
-                             steps_per_epoch=max(1, min(every, total)))
-        return config, {"budget_steps": total, "steps_per_epoch": config.steps_per_epoch,
-                        "data_epoch_steps": round(epoch, 3)}
 
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
@@ -241,24 +219,10 @@ class SetModel(PerturbationModel):
             for i, s in enumerate(sets):
                 out[s] = z1[i, :s.size]
             changes.append(out - z)
-        change = self._combine(changes, f"{perturbation}|{context}")
+        change, self._spread[f"{perturbation}|{context}"] = combine_members(changes,
+                                                                             self.latent)
         pred = x_ctrl + self.latent.decode_change(change)
         return pred if base is None else pred + base[None, :].astype(np.float32)
-
-    def _combine(self, changes: list[np.ndarray], key: str) -> np.ndarray:
-        """Members' per-cell changes (k arrays of shape (n, d)) -> one (n, d): cell i from
-        member i mod k, moved so the mean change is the members' average; records the spread."""
-        if len(changes) == 1:
-            self._spread[key] = 0.0
-            return changes[0]
-        means = np.stack([c.mean(0) for c in changes])  # (k, d)
-        dev = means - means[0]  # exact zeros for identical members
-        avg_minus = dev.mean(0) - dev  # the members' average minus each member's mean
-        member = np.arange(changes[0].shape[0]) % len(changes)
-        out = np.stack(changes)[member, np.arange(member.size)] + avg_minus[member]
-        genes = self.latent.decode_change(dev)  # (k, n_genes), relative to member 0
-        self._spread[key] = float(np.sqrt(genes.var(0, ddof=1).mean()))
-        return out
 
     def _batch_id(self, name) -> int:
         if name is None or str(name) not in self.batch_names:
