@@ -136,3 +136,20 @@ def test_ensemble_spread_is_positive_for_different_seeds(shift_exp):
         model.members = [net]
         means.append(np.asarray(model.predict(shift_exp, [("A", "all")], n_cells=40).X).mean(0))
     np.testing.assert_allclose(full, np.mean(means, 0), atol=1e-3)
+
+
+def test_benchmark_reports_spread_and_choices_per_fold(sim_exp):
+    from perturbcast.benchmark import run_benchmark
+
+    split = make_split(sim_exp, "combo", n_folds=2, seed=0)
+    split.folds = split.folds[:1]
+    # untrained members differ by their random initial shift weights (with a base those start
+    # at zero: members identical to the base, spread 0)
+    params = {"transition": {**FAST, "max_steps": 0, "n_seeds": 2}}
+    res = run_benchmark(sim_exp, split, ["additive", "transition"], model_params=params,
+                        edistance=False, show_progress=False)
+    pp = res.per_perturbation
+    assert (pp[pp.model == "transition"].spread > 0).all()
+    assert pp[pp.model == "additive"].spread.isna().all()
+    row = res.choices.set_index("model").loc["transition"]
+    assert row["base"] == "none" and row["steps"] == 0 and row["fit_s"] > 0

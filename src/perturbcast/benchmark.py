@@ -22,6 +22,7 @@ from .models import BASELINES, get_model
 from .utils import progress
 
 REFERENCE_MODEL = "cell_mean"
+CHOICE_KEYS = ("base", "inner_unit", "steps", "budget_steps", "stopped_early", "n_seeds")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class BenchmarkResult:
     summary: pd.DataFrame
     per_perturbation: pd.DataFrame
     timings: dict[str, float]
+    choices: pd.DataFrame | None = None  # per (model, fold): fit seconds, a set model's choices
 
     def best_baseline(self) -> str | None:
         base = self.summary[self.summary.model.isin(BASELINES)].assign(
@@ -63,7 +65,7 @@ def run_benchmark(
     """Fit and evaluate each model on each fold; see :class:`BenchmarkResult`."""
     model_params = model_params or {}
     names = list(dict.fromkeys([REFERENCE_MODEL, *models]))
-    rows, units = [], []
+    rows, units, choices = [], [], []
     timings = {m: 0.0 for m in names}
     total = len(split.folds) * len(names)
     with progress(disable=not show_progress) as bar:
@@ -84,6 +86,9 @@ def run_benchmark(
                 t0 = time.perf_counter()
                 model = get_model(name, seed=seed, **model_params.get(name, {}))
                 model.fit(exp, train)
+                summ = getattr(model, "training_summary", {})
+                choices.append({"model": name, "fold": fold.name, "fit_s": time.perf_counter() - t0,
+                                **{k: summ[k] for k in CHOICE_KEYS if k in summ}})
                 for ctx, ref in refs.items():
                     c = conds[conds.context == ctx]
                     pred = model.predict(exp, c, include_controls=True)
@@ -113,4 +118,4 @@ def run_benchmark(
     per_pert = pd.concat(rows, ignore_index=True)
     per_pert = per_pert[[c for c in per_pert.columns if c not in UNSCORED] +
                         [c for c in UNSCORED if c in per_pert.columns]]
-    return BenchmarkResult(summary, per_pert, timings)
+    return BenchmarkResult(summary, per_pert, timings, pd.DataFrame(choices))
