@@ -98,6 +98,7 @@ def test_budget_scales_with_the_data():
     assert training_budget(p, 6_000)[0].max_steps == 879  # 150 passes over 6,000 cells
     assert training_budget(p, 10**6)[0].max_steps == 1000  # the max_steps cap
     assert training_budget({**p, "max_epochs": None}, 600)[0].max_steps == 1000
+    assert get_model("flow", max_epochs="None").params["max_epochs"] is None  # --param
 
 
 def test_budget_stops_on_a_plateau(shift_exp):

@@ -90,6 +90,8 @@ class SetModel(PerturbationModel):
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
         check_base(self.params["base"])
+        if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
+            self.params["max_epochs"] = None
         if int(self.params["n_seeds"]) < 1:
             raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
