@@ -82,7 +82,7 @@ def test_auto_base_never_reads_the_test_fold(sim_adata):
     dirty = get_model("transition", **params).fit(exp2, train).training_summary
     assert clean["base"] == dirty["base"] and clean["base"] != "none"
     assert clean["inner_error"] == dirty["inner_error"]
-    assert clean["inner_unit"] == "perturbation"  # combos held out in every context
+    assert clean["inner_unit"] == "combo"  # combos held out, their singles kept
 
 
 def test_base_must_be_a_baseline_with_a_delta():
@@ -154,3 +154,21 @@ def test_benchmark_reports_spread_and_choices_per_fold(sim_exp):
     assert pp[pp.model == "additive"].spread.isna().all()
     row = res.choices.set_index("model").loc["transition"]
     assert row["base"] == "none" and row["steps"] == 0 and row["fit_s"] > 0
+
+
+def test_inner_folds_hold_out_what_the_split_would():
+    from perturbcast.data.labels import components
+    from perturbcast.models.set_residual import inner_folds, inner_unit
+
+    def split(label):
+        return components(label, "+", "control")
+
+    combo = [("A", "c"), ("B", "c"), ("C", "c"), ("A+B", "c"), ("A+C", "c")]
+    assert inner_unit(combo, "auto", split) == "combo"
+    folds = inner_folds(combo, "combo", 5, 0, split)
+    assert (folds[:3] == -1).all() and sorted(folds[3:]) == [0, 1]  # singles stay in
+    unseen = [("A", "c"), ("B", "c"), ("A+D", "c"), ("B+D", "c")]  # D is not a training single
+    assert inner_unit(unseen, "auto", split) == "perturbation"
+    cross = [("A", "x"), ("A", "y"), ("B", "x")]  # B lacks context y: cross-context shape
+    assert inner_unit(cross, "auto", split) == "condition"
+    assert inner_unit([("A", "x"), ("A", "y")], "auto", split) == "condition"

@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = dict(
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out"),
-                             "inner_unit": ("auto", "perturbation", "condition")}
+                             "inner_unit": ("auto", "combo", "perturbation", "condition")}
 N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
