@@ -9,7 +9,9 @@ conditions (their own delta is its answer for them), so a network trained on tho
 would learn to trust the base blindly. During training, each training condition's base delta
 therefore comes from the baseline fitted on the *other* inner folds (out-of-fold, as in
 stacking): the network sees the base as it will be for a test condition, one the baseline has
-not seen. At prediction the baseline fitted on all training cells gives the base.
+not seen. At prediction the baseline fitted on all training cells gives the base (so a held-out
+training condition predicted again gets its in-sample base plus a correction learned against
+its out-of-fold base: residual models are for conditions outside training).
 
 Inner folds hold out what a test fold would: combinations only, by perturbation (``combo``:
 their singles stay in, as in a combo split, where a test combo's singles are seen), whole
