@@ -169,6 +169,8 @@ def test_inner_folds_hold_out_what_the_split_would():
     assert (folds[:3] == -1).all() and sorted(folds[3:]) == [0, 1]  # singles stay in
     unseen = [("A", "c"), ("B", "c"), ("A+D", "c"), ("B+D", "c")]  # D is not a training single
     assert inner_unit(unseen, "auto", split) == "perturbation"
+    mostly = [*combo, ("A+D", "c"), ("B+D", "c")]  # 2 of 4 combos have both singles in training
+    assert inner_unit(mostly, "auto", split) == "combo"
     cross = [("A", "x"), ("A", "y"), ("B", "x")]  # B lacks context y: cross-context shape
     assert inner_unit(cross, "auto", split) == "condition"
     assert inner_unit([("A", "x"), ("A", "y")], "auto", split) == "condition"
