@@ -59,8 +59,7 @@ def main() -> None:
                         model_params=_parse(args.param), show_progress=False)
     s = res.summary.set_index("model")
     print(s[["score", "pearson_delta", "mae", "discrimination_score_l1"]].round(4).to_string())
-    if res.choices is not None:
-        print(res.choices[~res.choices.model.isin(BASELINES)].round(2).to_string())
+    print(res.fits[~res.fits.model.isin(BASELINES)].round(2).to_string())
     best = res.best_baseline()
     fig = {"tag": args.tag, "best_baseline": best,
            "best_score": round(float(s.loc[best, "score"]), 4),

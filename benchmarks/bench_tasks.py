@@ -1,78 +1,100 @@
-"""The four real tasks: every baseline (and any other models) with quality tables and times.
+"""The four real tasks: every model as mean ± sd over seeds, the verdict, and the times.
 
-Needs the files of ../shared/data (or PERTURBCAST_DATA). Prints one table per task, then one
-line of key=value figures: seconds per task, each task's best baseline and its score, and for
-every non-baseline model its score, pearson_delta and score minus the best baseline's.
+Needs the files of ../shared/data (or PERTURBCAST_DATA). Prints, per task, a table of every
+model (VCC score, pearson_delta, discrimination_score_l1, overlap_at_N, mae as mean ± sd over
+the seeds; baselines are deterministic and run once) and the verdict of
+:meth:`~perturbcast.benchmark.BenchmarkResult.verdict`; then one line of key=value figures:
+seconds per task, each task's best baseline and its score, and for every learned model its
+score, its sd, its difference from its best baseline and whether that exceeds the seed spread.
 
-    python benchmarks/bench_tasks.py [--models a,b,...] [--params '{"max_steps": 800}']
-        [--embeddings PATH]   # a name -> vector table for set models (default: gene2word
-                              # vectors from ../shared/priors, genes it lacks filled in from GO
-                              # vectors, see bench_gene_features.py; "train" without priors)
+    python benchmarks/bench_tasks.py [--models a,b,...|baselines|learned|all] [--seeds 0,1,2]
+        [--tasks t1,t2] [--param KEY=VALUE ...]  # as the CLI: MODEL.KEY or a bare KEY
+        [--params '{"max_steps": 800}']          # JSON, the same routing
+        [--embeddings SPEC]   # gene vectors for every model that takes them: "default" (the
+                              # built-in human gene table, every such model's default),
+                              # "train" or a name -> vector table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from perturbcast.benchmark import run_benchmark
-from perturbcast.datasets.priors import fill_missing, go_gene_vectors_from_folder, save_table
 from perturbcast.datasets.tasks import TASKS, load_task
-from perturbcast.eval.report import print_summary
-from perturbcast.models import BASELINES
-from perturbcast.models.perturbation_features import load_embedding_table
+from perturbcast.models.selection import (
+    parse_param_items,
+    parse_seeds,
+    route_params,
+    select_models,
+    takes_param,
+)
 
-PRIORS = Path(__file__).resolve().parents[2] / "shared/priors"
-G2W = PRIORS / "gene2word/gene2word_lsi125_human_pc.npz"
-GO = PRIORS / "orghs_go"
+SHOWN = ("score", "pearson_delta", "discrimination_score_l1", "overlap_at_N", "mae")
 
 
-def default_table(folder: str) -> str:
-    """gene2word vectors, genes they lack filled in from GO vectors, written under folder."""
-    if not (G2W.exists() and (GO / "gene2go.tsv.gz").exists()):
-        return "train"
-    go = go_gene_vectors_from_folder(GO)
-    path = Path(folder) / "gene2word_filled_go.npz"
-    save_table(path, *fill_missing(load_embedding_table(G2W), go))
-    return str(path)
+def mean_sd_table(summary, best: str | None) -> str:
+    """Plain text: one line per model (best baseline starred), each shown metric as
+    mean ± sd over seeds (sd omitted for one seed), the number of seeds and the gene table."""
+    head = [c.replace("discrimination_score", "disc") for c in SHOWN]
+    lines = ["model".ljust(18) + "".join(c.rjust(24) for c in head) + "  seeds  table"]
+    for r in summary.to_dict("records"):
+        cells = []
+        for c in SHOWN:
+            sd = r[f"{c}_sd"]
+            cells.append(f"{r[c]:.4f}" + (f" ± {sd:.4f}" if r["n_seeds"] > 1 else ""))
+        table = r["embeddings"] if isinstance(r["embeddings"], str) else "-"
+        name = r["model"] + (" *" if r["model"] == best else "")
+        lines.append(name.ljust(18) + "".join(x.rjust(24) for x in cells) +
+                     f"  {r['n_seeds']:>5}  {Path(table).name}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(BASELINES))
+    ap.add_argument("--models", default="all")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--params", default="{}", help="JSON parameters for non-baseline models")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--param", action="append", default=[], help="KEY=VALUE or MODEL.KEY=VALUE")
+    ap.add_argument("--params", default="{}", help="JSON, routed like --param")
     ap.add_argument("--embeddings", default=None)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    models = args.models.split(",")
-    tmp = tempfile.TemporaryDirectory()
-    extra = {"embeddings": args.embeddings or default_table(tmp.name), **json.loads(args.params)}
-    model_params = {m: extra for m in models if m not in BASELINES}
-    figures = {}
+    models = select_models(args.models)
+    seeds = parse_seeds(args.seeds)
+    table = args.embeddings
+    params = {**json.loads(args.params), **parse_param_items(args.param)}
+    if table is not None and any(takes_param(m, "embeddings") for m in models):
+        params = {"embeddings": table, **params}
+    model_params = route_params(models, params)
+    figures = {"seeds": ",".join(map(str, seeds))}
     t_all = time.perf_counter()
     for name in args.tasks.split(","):
         t0 = time.perf_counter()
         exp, split = load_task(name)
-        res = run_benchmark(exp, split, models, model_params=model_params, show_progress=False)
+        res = run_benchmark(exp, split, models, model_params=model_params, seeds=seeds,
+                            show_progress=False)
         secs = time.perf_counter() - t0
         best = res.best_baseline()
-        print_summary(res.summary, f"{name}: {exp.describe()} ({secs:.1f}s)", best)
+        print(f"\n{name}: {exp.describe()} ({secs:.1f}s); * best baseline")
+        print(mean_sd_table(res.summary, best))
+        print(f"verdict: {res.verdict()}")
         s = res.summary.set_index("model")
-        print(s.round(4).to_csv())
         figures[f"{name}_s"] = f"{secs:.1f}"
         figures[f"{name}_best"] = best
         figures[f"{name}_best_score"] = f"{s.score[best]:.4f}"
-        for m in models:
-            if m not in BASELINES:
-                figures[f"{name}_{m}_score"] = f"{s.score[m]:.4f}"
-                figures[f"{name}_{m}_pearson_delta"] = f"{s.pearson_delta[m]:.4f}"
-                figures[f"{name}_{m}_vs_best"] = f"{s.score[m] - s.score[best]:+.4f}"
-                figures[f"{name}_{m}_fit_s"] = f"{res.timings[m]:.1f}"
+        fit_s = res.fits.groupby("model").fit_s.mean()
+        for r in res.comparisons().to_dict("records"):
+            m = r["model"]
+            figures[f"{name}_{m}_score"] = f"{r['score']:.4f}"
+            figures[f"{name}_{m}_score_sd"] = f"{r['score_sd']:.4f}"
+            figures[f"{name}_{m}_pearson_delta"] = f"{s.pearson_delta[m]:.4f}"
+            figures[f"{name}_{m}_vs_{r['baseline']}"] = f"{r['difference']:+.4f}"
+            figures[f"{name}_{m}_exceeds_spread"] = str(r["exceeds_spread"]).lower()
+            figures[f"{name}_{m}_fit_s_per_fold"] = f"{fit_s[m]:.1f}"
     figures["total_s"] = f"{time.perf_counter() - t_all:.1f}"
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

@@ -100,14 +100,17 @@ def test_additive_beats_control_on_combos(sim_exp):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_save_load_roundtrip(name, sim_exp, tmp_path):
     split = make_split(sim_exp, "unseen-perturbation", n_folds=2, seed=0)
-    m = get_model(name, seed=3).fit(sim_exp, split.folds[0].train_mask(sim_exp))
+    params = {"incontext": dict(pretrain_steps=3, finetune_steps=3)}.get(name, {})
+    m = get_model(name, seed=3, **params).fit(sim_exp, split.folds[0].train_mask(sim_exp))
     conds = split.folds[0].test[:3]
-    before = m.predict(sim_exp, conds, n_cells=7)
+    # incontext sees a perturbation it never trained on only through prompt cells
+    extra = {"prompt": sim_exp} if name == "incontext" else {}
+    before = m.predict(sim_exp, conds, n_cells=7, **extra)
     m.save(tmp_path / "model")
     loaded = PerturbationModel.load(tmp_path / "model")
     assert type(loaded) is type(m) and loaded.vocabulary == m.vocabulary
     assert list(loaded.genes) == list(sim_exp.genes) and loaded.keys["control"] == "control"
-    after = loaded.predict(sim_exp, conds, n_cells=7)
+    after = loaded.predict(sim_exp, conds, n_cells=7, **extra)
     np.testing.assert_array_equal(before.X, after.X)
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from perturbcast.cli import main
 from perturbcast.eval import METRICS
-from perturbcast.models import BASELINES
+from perturbcast.models import BASELINES, MODELS
 
 
 def run(args, capsys):
@@ -32,14 +33,29 @@ def sim_file(tmp_path_factory, sim_adata):
     return path
 
 
-def test_demo_writes_report(tmp_path, capsys):
+def test_demo_writes_report(tmp_path, capsys, monkeypatch):
+    """The demo runs every model, the set models beside the baselines, and says who won.
+    (Smaller simulation and training here; benchmarks/bench_demo.py times the real one.)"""
+    import perturbcast.datasets
+    from perturbcast import demo
+    from perturbcast.datasets import simulate
+
+    monkeypatch.setattr(perturbcast.datasets, "simulate", lambda seed: simulate(
+        n_genes=80, n_singles=8, n_combos=4, n_contexts=2, cells_per_condition=30,
+        control_cells=80, seed=seed))
+    monkeypatch.setattr(demo, "DEMO_PARAMS", {m: TINY for m in ("flow", "transition")})
     code, out, err = run(["demo", "--out", str(tmp_path / "demo")], capsys)
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "demo" / "summary.csv")
-    assert set(BASELINES) <= set(summary.model)
-    for f in ("per_perturbation.csv", "scores.png", "report.md", "split.json"):
+    assert list(summary.model) == ["cell_mean", *[m for m in MODELS if m != "cell_mean"]]
+    assert {"flow", "transition"} <= set(summary.model)
+    for f in ("per_perturbation.csv", "fits.csv", "scores.png", "report.md", "split.json"):
         assert (tmp_path / "demo" / f).stat().st_size > 0
-    assert "best baseline" in out
+    flat = " ".join(out.split())
+    assert "best baseline" in flat
+    assert re.search(r"(transition|flow) beats the best baseline \w+ by \+|no learned model "
+                     r"beats the best baseline \w+ \(", flat), flat
+    assert "Verdict:" in (tmp_path / "demo" / "report.md").read_text()
 
 
 def test_benchmark_outputs(tmp_path, sim_file, capsys):
@@ -49,7 +65,9 @@ def test_benchmark_outputs(tmp_path, sim_file, capsys):
     code, out, err = run(args, capsys)
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "b" / "summary.csv")
-    assert list(summary.columns) == ["model", *METRICS, "score"]
+    cols = [*METRICS, "score"]
+    assert list(summary.columns) == ["model", *cols, *[f"{c}_sd" for c in cols], "n_seeds",
+                                     "embeddings"]
     assert list(summary.model) == ["cell_mean", "additive", "linear"]
     assert (summary.loc[summary.model == "cell_mean", "score"] == 0).all()
     per = pd.read_csv(tmp_path / "b" / "per_perturbation.csv")
@@ -130,7 +148,8 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
     for name, task in TASKS.items():
         out_dir = tmp_path / name
         code, out, err = run(["benchmark", "--task", name, "--data",
-                              str(shared_data / task.filename), "--out", str(out_dir)], capsys)
+                              str(shared_data / task.filename), "--models", "baselines",
+                              "--out", str(out_dir)], capsys)
         assert code == 0, err
         summary = pd.read_csv(out_dir / "summary.csv")
         assert set(summary.model) == set(BASELINES)
@@ -140,6 +159,7 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
         assert learned.pearson_delta.notna().all(), name
 
 
+TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8)
 TINY_PARAMS = ["--param", "dim=32", "--param", "depth=1", "--param", "n_heads=2",
                "--param", "max_steps=40", "--param", "set_size=16", "--param", "n_latent=8"]
 
@@ -172,3 +192,74 @@ def test_set_models_through_the_cli(tmp_path, sim_file, capsys):
                         "--out", str(tmp_path / "never")], capsys)
     assert code == 2 and "max_step" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+def _sim_args(sim_file):
+    return ["--data", str(sim_file), "--perturbation-key", "perturbation", "--control",
+            "control", "--context-key", "context"]
+
+
+def test_benchmark_runs_every_model_by_default(tmp_path, sim_file, capsys):
+    tiny = [f"--param={k}={v}" for k, v in TINY.items()]
+    code, out, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--n-folds",
+                          "2", *tiny, "--param", "flow.steps=2", "--out", str(tmp_path / "a")],
+                         capsys)
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "a" / "summary.csv")
+    assert set(summary.model) == set(MODELS)
+    code, out, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--n-folds",
+                          "2", "--models", "baselines", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert set(pd.read_csv(tmp_path / "b" / "summary.csv").model) == set(BASELINES)
+    assert "baselines only: the best is" in " ".join(out.split())
+
+
+def test_benchmark_seeds_mean_and_sd(tmp_path, sim_file, capsys):
+    tiny = [f"--param={k}={v}" for k, v in TINY.items()]
+    code, out, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--n-folds",
+                          "2", "--models", "additive,transition", "--seeds", "0,1", *tiny,
+                          "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    s = pd.read_csv(tmp_path / "s" / "summary.csv").set_index("model")
+    assert s.n_seeds.to_dict() == {"cell_mean": 1, "additive": 1, "transition": 2}
+    assert s.score_sd["additive"] == 0 and np.isfinite(s.pearson_delta_sd["transition"])
+    assert "±" in out and "mean ± sd over 2 seeds" in " ".join(out.split())
+    assert "seed spread ±" in " ".join(out.split())
+    fits = pd.read_csv(tmp_path / "s" / "fits.csv")
+    assert len(fits[fits.model == "transition"]) == 2 * 2 and (fits.fit_s > 0).all()
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert " ± " in report and "Verdict:" in report
+
+
+@pytest.mark.parametrize("extra", [["--split", "combo"], ["--n-folds", "3"],
+                                   ["--min-cells", "10"], ["--drop-small-groups"],
+                                   ["--perturbation-key", "gene"], ["--control", "ctrl"],
+                                   ["--context-key", "line"], ["--batch-key", "b"],
+                                   ["--layer", "counts"]])
+def test_task_refuses_options_it_would_ignore(tmp_path, capsys, extra):
+    code, _, err = run(["benchmark", "--task", "norman19_combo", *extra, "--models",
+                        "additive", "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"drop {extra[0]}" in " ".join(err.split())
+    assert not (tmp_path / "t").exists()
+
+
+def test_param_is_per_model(tmp_path, sim_file, capsys):
+    code, out, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--models",
+                          "additive,flow", "--param", "transition.max_steps=3", "--out",
+                          str(tmp_path / "x")], capsys)
+    assert code == 2 and "'transition' is not among the selected models" in " ".join(err.split())
+    code, _, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--models",
+                        "additive", "--param", "max_steps=3", "--out", str(tmp_path / "x")],
+                       capsys)
+    assert code == 2 and "no selected model takes 'max_steps'" in " ".join(err.split())
+    assert not (tmp_path / "x").exists()
+    code, _, err = run(["train", *_sim_args(sim_file), "--model", "flow", "--param",
+                        "flow.max_steps=3", "--param", "dim=16", "--param", "depth=1",
+                        "--out", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["params"]["max_steps"] == 3 and cfg["params"]["dim"] == 16
+    code, _, err = run(["train", *_sim_args(sim_file), "--model", "linear", "--param",
+                        "max_steps=3", "--out", str(tmp_path / "l")], capsys)
+    assert code == 2 and "no selected model takes 'max_steps'" in " ".join(err.split())

@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 from test_set_models import TINY, _known_shift_adata
 
 from perturbcast.data import make_split, read_experiment
@@ -152,7 +153,7 @@ def test_benchmark_reports_spread_and_choices_per_fold(sim_exp):
     pp = res.per_perturbation
     assert (pp[pp.model == "transition"].spread > 0).all()
     assert pp[pp.model == "additive"].spread.isna().all()
-    row = res.choices.set_index("model").loc["transition"]
+    row = res.fits.set_index("model").loc["transition"]
     assert row["base"] == "none" and row["steps"] == 0 and row["fit_s"] > 0
 
 
@@ -174,3 +175,51 @@ def test_inner_folds_hold_out_what_the_split_would():
     cross = [("A", "x"), ("A", "y"), ("B", "x")]  # B lacks context y: cross-context shape
     assert inner_unit(cross, "auto", split) == "condition"
     assert inner_unit([("A", "x"), ("A", "y")], "auto", split) == "condition"
+
+
+def test_early_stopping_state_survives_a_resume_checkpoint():
+    """A resumed run continues the patience count (reference, wait) where the killed run was,
+    so it stops at the same epoch as one never interrupted."""
+    from types import SimpleNamespace
+
+    from perturbcast.train.lightning import SetTrainingModule, TrainConfig, _Stream
+
+    def module() -> SetTrainingModule:
+        m = SetTrainingModule(torch.nn.Linear(2, 2), lambda n, b: 0,
+                              TrainConfig(patience=2, min_delta=0.1), {})
+        m.stream = _Stream(dict, 10, np.random.default_rng(0))
+        m._trainer = SimpleNamespace(callback_metrics={}, should_stop=False)
+        return m
+
+    def validate(m: SetTrainingModule, loss: float) -> None:
+        m.trainer.callback_metrics["val_loss"] = torch.tensor(loss)
+        m.on_validation_epoch_end()
+
+    killed, resumed = module(), module()
+    for loss in (1.0, 0.95):  # 0.95 is not 10% below 1.0: one validation without improvement
+        validate(killed, loss)
+    ckpt = {"global_step": 3}
+    killed.on_save_checkpoint(ckpt)
+    resumed.on_load_checkpoint(ckpt)
+    assert killed.wait == 1 and killed.reference == pytest.approx(1.0)
+    assert (resumed.reference, resumed.wait, resumed.best_loss) == (
+        killed.reference, killed.wait, killed.best_loss)
+    assert resumed.history == killed.history
+    validate(resumed, 0.97)
+    assert resumed.stopped_early and resumed.trainer.should_stop
+
+
+def test_ensemble_members_resume_from_their_own_checkpoints(shift_exp, tmp_path):
+    """Each member keeps its own ``last.ckpt`` (member 1 in ``member1/``); a resumed fit
+    continues every member from its own and ends with the same weights."""
+    from perturbcast.train.resume import resumable
+
+    params = {**FAST, "n_seeds": 2}
+    with resumable(tmp_path, every_n_steps=5):
+        whole = get_model("transition", **params).fit(shift_exp)
+    assert (tmp_path / "last.ckpt").exists() and (tmp_path / "member1" / "last.ckpt").exists()
+    with resumable(tmp_path, every_n_steps=5, resume=True):
+        resumed = get_model("transition", **params).fit(shift_exp)
+    for a, b in zip(whole.members, resumed.members, strict=True):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0, msg=k)

@@ -1,6 +1,7 @@
 """perturbcast: predict how single cells respond to perturbations; evaluate like cell-eval, fast."""
 
-from .data import Experiment, Split, make_split, read_experiment
+from .data import Experiment, Split, make_split, read_experiment, read_store
+from .data.convert import convert
 from .datasets import simulate
 from .errors import InputError
 from .eval import evaluate, vcc_score
@@ -11,11 +12,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Experiment",
     "InputError",
+    "convert",
     "Split",
     "evaluate",
     "get_model",
     "make_split",
     "read_experiment",
+    "read_store",
     "simulate",
     "vcc_score",
 ]

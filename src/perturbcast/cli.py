@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from . import cli_incontext
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,11 +29,19 @@ Layer = Annotated[str | None, typer.Option("--layer", help="Use this layer inste
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Backed = Annotated[bool, typer.Option("--backed", help="Read the file backed (out of core).")]
 Params = Annotated[list[str] | None, typer.Option(
-    "--param", help="Model parameter KEY=VALUE (repeatable), e.g. --param max_steps=500 "
-    "--param embeddings=genes.csv; flow/transition parameters: see the README.")]
-MinCells = Annotated[int, typer.Option("--min-cells", help="Smallest allowed group.")]
+    "--param", help="Model parameter KEY=VALUE (repeatable): to every selected model that has "
+    "KEY; MODEL.KEY=VALUE to that model only, e.g. --param flow.max_steps=500 --param "
+    "embeddings=genes.csv. A key no selected model has is an error.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+def _check_out(path: Path, overwrite: bool, is_dir: bool) -> None:
+    """Refuse an output that exists (unless --overwrite) or cannot be written, before work."""
+    from .utils import check_output
+
+    check_output(path, overwrite, is_dir=is_dir)
 
 
 def _read(data, perturbation_key, control, context_key, batch_key, layer, backed=False,
@@ -44,35 +53,29 @@ def _read(data, perturbation_key, control, context_key, batch_key, layer, backed
                            min_cells=min_cells, drop_small_groups=drop_small_groups)
 
 
-def _models(spec: str | None) -> list[str]:
-    from .models import BASELINES, get_model_class
+def _obs_columns(path: Path) -> list[str]:
+    """obs column names of an h5ad (or a store) without loading X."""
+    from .data.reading import open_h5ad
+    from .data.store import is_store
 
-    names = list(BASELINES) if not spec else [m.strip() for m in spec.split(",") if m.strip()]
-    for n in names:
-        get_model_class(n)
-    return names
+    if is_store(path):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(Path(path) / "obs.parquet").names)
+
+    a = open_h5ad(path, backed=True)
+    try:
+        return [str(c) for c in a.obs.columns]
+    finally:
+        a.file.close()
 
 
-def _finish_benchmark(result, out_dir: Path, title: str, notes: list[str]) -> None:
-    from .eval.report import print_summary, write_benchmark_report
-
-    write_benchmark_report(result, out_dir, title, notes)
-    print_summary(result.summary, title, result.best_baseline())
-    err.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, scores.png, report.md")
-
-
-def _parse_params(items: list[str] | None) -> dict:
-    """['a=1', 'b=x.csv'] -> {'a': 1, 'b': 'x.csv'} (values read as JSON when they parse)."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(f"--param {item!r} is not KEY=VALUE; e.g. --param max_steps=500.")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+Seeds = Annotated[str | None, typer.Option(
+    "--seeds", help="Comma-separated seeds, e.g. 0,1,2: each learned model is fitted once per "
+    "seed and reported as mean ± sd (baselines are deterministic and run once). Default: "
+    "--seed.")]
+TASK_FIXED = ("--split", "--n-folds", "--min-cells", "--drop-small-groups", "--perturbation-key",
+              "--control", "--context-key", "--batch-key", "--layer")
 
 
 @app.command()
@@ -81,24 +84,15 @@ def demo(
         "perturbcast-demo"),
     split: Annotated[str, typer.Option("--split", help="Split kind.")] = "combo",
     seed: Seed = 0,
+    seeds: Seeds = None, overwrite: Overwrite = False,
 ) -> None:
-    """Simulate a screen, run every model on a split, print the table and write a report."""
-    from .benchmark import run_benchmark
-    from .data import make_split, read_experiment
-    from .datasets import simulate
+    """Simulate a screen, run every model (set models with a short training) on a split,
+    print the table and the verdict, and write a report."""
+    _check_out(out_dir, overwrite, is_dir=True)
+    from .demo import run_demo
+    from .models.selection import parse_seeds
 
-    t0 = time.perf_counter()
-    adata = simulate(seed=seed)
-    exp = read_experiment(adata, "perturbation", "control", context_key="context",
-                          batch_key="batch")
-    sp = make_split(exp, split, n_folds=3, seed=seed)
-    err.print(f"simulated {exp.describe()}; split {split} with {len(sp.folds)} folds")
-    result = run_benchmark(exp, sp, _models(None), seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sp.to_json(out_dir / "split.json")
-    _finish_benchmark(result, out_dir, f"perturbcast demo (simulated, split={split})",
-                      [f"Simulated data: {exp.describe()}.", f"Seed {seed}."])
-    err.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    run_demo(out_dir, split, parse_seeds(seeds) if seeds else [seed], err)
 
 
 @app.command()
@@ -110,47 +104,61 @@ def benchmark(
     context_key: CtxKey = None,
     batch_key: BatchKey = None,
     layer: Layer = None,
-    split: Annotated[str, typer.Option("--split", help="unseen-perturbation | unseen-context | "
-                                       "combo | a split .json file")] = "unseen-perturbation",
+    split: Annotated[str | None, typer.Option(
+        "--split", help="unseen-perturbation (default) | unseen-context | combo | a split .json "
+        "file")] = None,
     task: Annotated[str | None, typer.Option("--task", help="A real-task preset (sets keys, "
                                              "filter and split).")] = None,
-    models: Annotated[str | None, typer.Option("--models", help="Comma-separated models "
-                                               "(default: every baseline).")] = None,
-    n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated models, or baselines | learned | all (default: all)."
+    )] = None,
+    n_folds: Annotated[int | None, typer.Option("--n-folds", help="Folds (default 5).")] = None,
     fdr: Annotated[str, typer.Option("--fdr", help="per_perturbation | global")] =
     "per_perturbation",
     seed: Seed = 0,
-    min_cells: MinCells = 3,
+    seeds: Seeds = None,
+    min_cells: Annotated[int | None, typer.Option(
+        "--min-cells", help="Smallest allowed group (default 3).")] = None,
     drop_small_groups: DropSmall = False,
-    param: Params = None,
+    param: Params = None, overwrite: Overwrite = False,
 ) -> None:
-    """Run models over all folds; write summary.csv and per_perturbation.csv.
-
-    --param values apply to the non-baseline models (flow, transition)."""
+    """Run models over all folds; write summary.csv, per_perturbation.csv and fits.csv."""
+    _check_out(out_dir, overwrite, is_dir=True)
     from .benchmark import run_benchmark
     from .data import Split, make_split
     from .datasets.tasks import load_task
+    from .demo import finish_benchmark
+    from .models.selection import parse_param_items, parse_seeds, route_params, select_models
 
-    names = _models(models)
+    names = select_models(models)
+    model_params = route_params(names, parse_param_items(param))
+    seed_list = parse_seeds(seeds) if seeds else [seed]
     if task:
+        given = [split, n_folds, min_cells, drop_small_groups or None, perturbation_key,
+                 control, context_key, batch_key, layer]
+        clash = [opt for opt, v in zip(TASK_FIXED, given, strict=True) if v is not None]
+        if clash:
+            raise InputError(f"--task {task} sets its own keys, cell filter and split; drop "
+                             f"{', '.join(clash)} (or use --data without --task).")
         exp, sp = load_task(task, data)
     else:
         if data is None or perturbation_key is None or control is None:
             raise InputError("benchmark needs --task, or --data with --perturbation-key and "
                              "--control.")
         exp = _read(data, perturbation_key, control, context_key, batch_key, layer,
-                    min_cells=min_cells, drop_small_groups=drop_small_groups)
+                    min_cells=3 if min_cells is None else min_cells,
+                    drop_small_groups=drop_small_groups)
+        split = split or "unseen-perturbation"
         sp = (Split.from_json(split) if split.endswith(".json")
-              else make_split(exp, split, n_folds=n_folds, seed=seed))
-    err.print(f"{exp.describe()}; {len(sp.folds)} fold(s)")
-    from .models import BASELINES
-
-    params = _parse_params(param)
-    result = run_benchmark(exp, sp, names, seed=seed, fdr=fdr,
-                           model_params={n: params for n in names if n not in BASELINES})
+              else make_split(exp, split, n_folds=n_folds or 5, seed=seed))
+    err.print(f"{exp.describe()}; {len(sp.folds)} fold(s); models: {', '.join(names)}; "
+              f"seeds: {','.join(map(str, seed_list))}")
+    group = not models or any(g in ("all", "learned") for g in models.split(","))
+    result = run_benchmark(exp, sp, names, fdr=fdr, model_params=model_params, seeds=seed_list,
+                           skip_unable=group)  # a group skips (announced) what cannot run
     out_dir.mkdir(parents=True, exist_ok=True)
     sp.to_json(out_dir / "split.json")
-    _finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()])
+    finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()], err)
 
 
 @app.command()
@@ -159,9 +167,10 @@ def split(
     out_file: Annotated[Path, typer.Option("--out", help="Split .json to write.")],
     kind: Annotated[str, typer.Option("--split")] = "unseen-perturbation",
     context_key: CtxKey = None, n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Write a deterministic split (JSON) of the file's conditions."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .data import make_split
 
     exp = _read(data, perturbation_key, control, context_key, None, None)
@@ -178,11 +187,32 @@ def train(
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
     split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
     fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
-    seed: Seed = 0, backed: Backed = False, param: Params = None,
+    seed: Seed = 0, backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the "
+                                         "same command from its last checkpoint.")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Training steps "
+                                                  "between resumable checkpoints.")] = 50,
+    devices: Annotated[str, typer.Option("--devices", help="Set models: processes (GPUs) per "
+                                         "node, or 'auto'.")] = "1",
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Set models: nodes.")] = 1,
+    strategy: Annotated[str, typer.Option("--strategy", help="Set models: auto | ddp | "
+                                          "fsdp.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="Set models: auto (bf16-mixed "
+                                           "on GPU) | bf16-mixed | 32.")] = "auto",
 ) -> None:
-    """Fit a model (on a fold's training cells, or all cells) and save it."""
+    """Fit a model (on a fold's training cells, or all cells) and save it.
+
+    --data may be an .h5ad or a store folder from `perturbcast convert`. Under torchrun /
+    SLURM every process runs this command; rank 0 saves the model."""
+    import shutil
+
+    from .train.resume import resumable
+
+    _check_out(out_dir, overwrite, is_dir=True)
+    resume_dir = out_dir.parent / f".{out_dir.name}.resume"
     from .data import Split
     from .models import get_model
+    from .models.selection import parse_param_items, route_params
 
     exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
     mask = None
@@ -195,8 +225,29 @@ def train(
         if chosen is None:
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
-    m = get_model(model, seed=seed, **_parse_params(param)).fit(exp, mask)
+    from .models import get_model_class
+    from .train.lightning import global_rank
+
+    params = route_params([model], parse_param_items(param))[model]
+    dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
+            "strategy": strategy, "precision": precision}
+    if "devices" not in get_model_class(model).param_names():
+        if dist != {"devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "auto"}:
+            raise InputError(f"--devices/--num-nodes/--strategy/--precision apply to the set "
+                             f"models (flow, transition); {model!r} trains on one process.")
+    else:
+        params = {**dist, **params}
+    m = get_model(model, seed=seed, **params)
+    if split_file is not None:  # fail before training if the fold's test cannot be predicted
+        m.check_can_predict(exp, sorted({p for p, _ in chosen.test}), mask)
+    if not resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)  # a stale run's checkpoints
+    with resumable(resume_dir, checkpoint_every, resume):
+        m.fit(exp, mask)
+    if global_rank() != 0:
+        return
     m.save(out_dir)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
 
@@ -212,23 +263,89 @@ def predict(
         "--contexts", help="Comma-separated contexts (default: all with controls).")] = None,
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
-    layer: Layer = None, backed: Backed = False,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
+    prompt: Annotated[Path | None, typer.Option(
+        "--prompt", help="incontext: .h5ad with example cells of each perturbation (and "
+        "controls); default: the model's training cells.")] = None,
+    prompt_filter: Annotated[list[str] | None, typer.Option(
+        "--prompt-filter", help="incontext: keep prompt cells with obs KEY=VALUE "
+        "(repeatable).")] = None,
 ) -> None:
     """Predict cells for perturbations from the control cells of a file (model's keys)."""
+    _check_out(out_file, overwrite, is_dir=False)
+    if n_cells < 1:
+        raise InputError(f"--n-cells {n_cells}: pass at least 1 cell per condition.")
     from .models.base import PerturbationModel
     from .utils import atomic_path
 
     m = PerturbationModel.load(model_dir)
     k = m.keys
-    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
+    batch_key = k.get("batch_key")
+    if batch_key and batch_key not in _obs_columns(data):
+        warnings.warn(f"the model was trained with batch key {batch_key!r}, which {data} lacks; "
+                      f"its cells are predicted as batch 'unknown'.", stacklevel=1)
+        batch_key = None
+    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], batch_key, layer,
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
+    from .cli_incontext import prompt_options
+
+    options = prompt_options(m, prompt, prompt_filter)
     pred = m.predict(exp, [(p, c) for c in ctxs for p in perts], n_cells=n_cells,
-                     include_controls=include_controls)
+                     include_controls=include_controls, **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {pred.n_obs} cells x {pred.n_vars} genes")
+
+
+@app.command()
+def atlas(
+    model_dir: Annotated[Path, typer.Option("--model", help="Saved model folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".h5ad with control cells.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Atlas .h5ad to write (summary CSV "
+                                           "beside it).")],
+    perturbations: Annotated[str, typer.Option(
+        "--perturbations", help="Comma list, @file (one per line) or 'all' (model "
+        "vocabulary).")] = "all",
+    contexts: Annotated[str, typer.Option(
+        "--contexts", help="Comma list, @file or 'all' (every context with controls).")] = "all",
+    n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
+    rank_by: Annotated[Path | None, typer.Option(
+        "--rank-by", help="In-silico screen target: signature (.json {up, down} or .csv "
+        "gene,direction) or population (.h5ad); writes <out>.ranked.csv.")] = None,
+    target_cells: Annotated[int, typer.Option(
+        "--target-cells", help="Population targets: cells per side in the energy "
+        "distance.")] = 500,
+    target_context_key: Annotated[str | None, typer.Option(
+        "--target-context-key", help="Population targets: obs column of contexts; each "
+        "context is scored against its own target cells.")] = None,
+    change_threshold: Annotated[float, typer.Option(
+        "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
+    include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
+    top: Annotated[int, typer.Option("--top", help="Ranked rows to print.")] = 20,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
+) -> None:
+    """Predict a perturbation x context grid, streamed to one .h5ad; optionally rank it."""
+    _check_out(out_file, overwrite, is_dir=False)
+    from .atlas import parse_names, predict_atlas, print_ranked, read_target
+    from .models.base import PerturbationModel
+
+    m = PerturbationModel.load(model_dir)
+    k = m.keys
+    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
+                backed, min_cells=1)
+    perts = parse_names(perturbations, m.vocabulary, "perturbations")
+    ctxs = parse_names(contexts, sorted(set(exp.contexts[exp.is_control])), "contexts")
+    scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed,
+                         context_key=target_context_key) if rank_by else None
+    res = predict_atlas(m, exp, perts, ctxs, n_cells, out_file, scorer=scorer,
+                        change_threshold=change_threshold, include_controls=include_controls)
+    err.print(f"wrote {res.path} ({len(res.summary)} conditions x {n_cells} cells) and "
+              f"{res.summary_path}")
+    if res.ranked is not None:
+        print_ranked(res.ranked, out, top)
+        err.print(f"wrote {res.ranked_path}")
 
 
 @app.command()
@@ -241,22 +358,25 @@ def evaluate(
     "per_perturbation",
     epsilon: Annotated[float, typer.Option("--epsilon", help="LFC pseudocount (0 = cell-eval)")
                        ] = 0.0,
+    context_key: Annotated[str | None, typer.Option(
+        "--context-key", help="obs column of contexts in both files: score per (perturbation, "
+        "context). Default: the predictions' context column when the real file has it.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Score predictions like cell-eval: writes summary.json and per_perturbation.csv."""
-    import anndata as ad
+    """Score predictions like cell-eval: writes summary.json and per_perturbation.csv.
 
-    from .eval import Reference
+    Raw counts in --real are normalised like the predictions' input (recorded by predict)."""
+    _check_out(out_dir, overwrite, is_dir=True)
+    from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
     from .eval.report import write_csv
     from .utils import write_json
 
-    adatas = []
-    for p in (pred, real):
-        if not p.exists():
-            raise InputError(f"file not found: {p}")
-        adatas.append(ad.read_h5ad(p))
-    ref = Reference(adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon)
-    res = run_eval(adatas[0], ref)
+    if fdr not in ("per_perturbation", "global"):
+        raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
+    adatas = [open_h5ad(pred, False, "--pred"), open_h5ad(real, False, "--real")]
+    res = run_eval(adatas[0], adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon,
+                   context_key=context_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", res.summary)
     write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")
@@ -270,8 +390,10 @@ def simulate(
     seed: Seed = 0,
     n_genes: Annotated[int, typer.Option("--n-genes")] = 300,
     n_contexts: Annotated[int, typer.Option("--n-contexts")] = 3,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a simulated screen (raw counts) to try the other commands on."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets import simulate as sim
     from .utils import atomic_path
 
@@ -281,6 +403,45 @@ def simulate(
         adata.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {adata.n_obs} cells x {adata.n_vars} genes "
               f"(obs: perturbation, context, batch; control label 'control')")
+
+
+@app.command()
+def convert(
+    inputs: Annotated[list[Path], typer.Argument(help="Input .h5ad file(s).")],
+    perturbation_key: PertKey, control: Control,
+    out_dir: Annotated[Path, typer.Option("--out", help="Store folder to write.")],
+    context_key: CtxKey = None, batch_key: BatchKey = None,
+    join: Annotated[str, typer.Option("--join", help="Genes of several files: inner "
+                                      "(intersection) or outer (union; missing genes "
+                                      "recorded per file).")] = "inner",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read at a time.")]
+    = 16384,
+    seed: Seed = 0, overwrite: Overwrite = False,
+) -> None:
+    """Stream h5ad files into a group-sorted out-of-core store (read it with --data STORE)."""
+    from .data.convert import convert as run_convert
+
+    _check_out(out_dir, overwrite, is_dir=True)
+
+    path = run_convert(inputs, out_dir, perturbation_key, control, context_key, batch_key,
+                       join=join, chunk_size=chunk_size, seed=seed)
+    info = json.loads((path / "store.json").read_text())
+    err.print(f"wrote {path}: {info['n_cells']} cells x {len(info['genes'])} genes, "
+              f"{info['nnz']} stored values")
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A benchmark or demo output folder.")],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write report.html (one self-contained page with figures) from a benchmark folder."""
+    from .eval.html_report import REPORT_NAME, write_html_report
+
+    if directory.is_dir():
+        _check_out(directory / REPORT_NAME, overwrite, is_dir=False)
+
+    err.print(f"wrote {write_html_report(directory)}")
 
 
 @app.command("gene-vectors")
@@ -297,9 +458,10 @@ def gene_vectors(
     fill: Annotated[Path | None, typer.Option("--fill", help="Instead write this table "
                                               "(csv/parquet/npz), with the genes it lacks filled "
                                               "in from their GO vectors.")] = None,
-    seed: Seed = 0,
+    seed: Seed = 0, overwrite: Overwrite = False,
 ) -> None:
     """Build gene vectors from GO annotations, for --param embeddings=TABLE."""
+    _check_out(out_file, overwrite, is_dir=False)
     from .datasets.priors import fill_missing, go_gene_vectors, save_table
     from .models.perturbation_features import load_embedding_table
 
@@ -308,6 +470,9 @@ def gene_vectors(
         names, vec = fill_missing(load_embedding_table(fill), (names, vec))
     save_table(out_file, names, vec)
     err.print(f"wrote {out_file}: {len(names)} names x {vec.shape[1]} dims")
+
+
+cli_incontext.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

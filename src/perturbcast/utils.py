@@ -41,6 +41,7 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    _chmod_like_new(tmp, is_dir)
     try:
         yield tmp
         if is_dir and path.exists():
@@ -52,6 +53,13 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def _chmod_like_new(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give them the modes a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~umask)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -90,3 +98,31 @@ def progress(disable: bool = False):
         disable=disable,
         transient=False,
     )
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, is_dir: bool = False,
+                 option: str = "--out") -> None:
+    """Fail (InputError, before any work) when ``path`` cannot or may not be written.
+
+    An existing file or non-empty folder is refused unless ``overwrite``; a folder where a
+    file is wanted (or the reverse), a path below a file, or a folder that cannot be written
+    is refused with the fix.
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != is_dir:
+        want, have = ("a folder", "a file") if is_dir else ("a file name", "a folder")
+        raise InputError(f"{path} is {have}; {option} needs {want} here.")
+    if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
+        raise InputError(f"{path} already exists; pass --overwrite to replace it, or choose "
+                         f"another {option}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: {parent} is a file, not a folder; choose "
+                         f"another {option}.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: no permission to write in {parent}; choose "
+                         f"another {option}.")

@@ -1,8 +1,9 @@
-"""Data layer: read + validate AnnData, preprocessing, perturbation labels, splits."""
+"""Data layer: read + validate AnnData, preprocessing, perturbation labels, splits, stores."""
 
-from .experiment import NO_CONTEXT, Experiment, read_experiment
+from .experiment import NO_CONTEXT, Experiment, read_experiment, select_genes
 from .labels import components, is_combo, map_targets
 from .splits import Fold, Split, make_split
+from .store_experiment import read_store
 
 __all__ = [
     "NO_CONTEXT",
@@ -14,4 +15,6 @@ __all__ = [
     "make_split",
     "map_targets",
     "read_experiment",
+    "read_store",
+    "select_genes",
 ]

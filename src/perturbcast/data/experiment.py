@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -18,7 +19,15 @@ import scipy.sparse as sp
 from ..errors import InputError, preview
 from . import validate
 from .labels import components, map_targets, single_vocabulary
-from .preprocess import Scale, detect_scale, highly_variable_genes, normalize_log1p
+from .preprocess import (
+    Scale,
+    detect_scale,
+    normalization_record,
+    normalize_log1p,
+    read_normalization,
+    uns_record,
+)
+from .reading import canonical_obs_labels, open_h5ad, select_genes
 
 NO_CONTEXT = "all"
 
@@ -53,8 +62,15 @@ class Experiment:
     input_scale: Scale = "log1p"
     normalize_on_read: bool = False
     meta: dict = field(default_factory=dict)
+    matrix: Any = None  # a matrix backend (rows(idx), shape, isbacked), e.g. a StoreMatrix
 
     # ---- labels ---------------------------------------------------------------------------
+    @property
+    def normalization(self) -> dict:
+        """How ``rows()`` values were made: the file's scale, target sum (None: the file's own,
+        for log1p input) and log1p; predictions and evaluation carry it along."""
+        return self.meta.get("normalization") or normalization_record(self.input_scale)
+
     @property
     def genes(self) -> np.ndarray:
         return np.asarray(self.adata.var_names.astype(str))
@@ -124,15 +140,18 @@ class Experiment:
 
     # ---- expression ------------------------------------------------------------------------
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """Dense float32 log1p-normalised expression of cells ``idx``, shape (len(idx), n_genes)."""
+        """Dense float32 log1p-normalised expression of cells ``idx``, shape (len(idx), n_genes).
+
+        ``idx`` may be in any order and repeat cells (backed files are read at the unique,
+        sorted rows, as h5py requires, then expanded)."""
         idx = np.asarray(idx, dtype=np.int64)
+        if self.matrix is not None:  # out-of-core store: already log1p-normalised
+            return self.matrix.rows(idx)
         if self.adata.isbacked:
-            order = np.argsort(idx, kind="stable")
-            block = self.adata.X[idx[order]]
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            block = self.adata.X[uniq]
             block = block.toarray() if sp.issparse(block) else np.asarray(block)
-            out = np.empty_like(block)
-            out[order] = block
-            block = out
+            block = block[inverse]
         else:
             block = self.adata.X[idx]
             block = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -174,7 +193,7 @@ class Experiment:
             (np.ones(cell_idx.size), (codes, cell_idx)), shape=(len(uniques), self.n_cells)
         )
         sums = np.zeros((len(uniques), self.n_genes))
-        if self.adata.isbacked or self.normalize_on_read:
+        if self.adata.isbacked or self.normalize_on_read or self.matrix is not None:
             for start, block in self.iter_blocks():
                 sums += ind[:, start : start + block.shape[0]] @ block.astype(np.float64)
         else:
@@ -193,6 +212,9 @@ class Experiment:
         sub = self.adata[mask]
         if not self.adata.isbacked:
             sub = sub.copy()
+        if self.matrix is not None:
+            rows = np.arange(self.n_cells)[mask]
+            return replace(self, adata=sub, matrix=self.matrix.subset(rows))
         return replace(self, adata=sub)
 
     def describe(self) -> str:
@@ -232,7 +254,8 @@ def read_experiment(
     min_cells : fail when a (perturbation, context) group has fewer cells ...
     drop_small_groups : ... unless this is set, which drops those cells instead
     exclude : perturbation labels to drop before anything else (e.g. 'unassigned')
-    n_top_genes : keep only this many highly variable genes (targets always kept)
+    n_top_genes : keep only this many highly variable genes (targets always kept), ranked on
+        all cells; to rank on a fold's training cells use ``select_genes(exp, n, mask=...)``
     input_scale : override the detected scale ('counts', 'log1p', 'normalized')
 
     Raises
@@ -240,14 +263,30 @@ def read_experiment(
     InputError
         One line naming the problem and its fix.
     """
-    adata = _open(source, backed)
+    from .store import is_store
+
+    if not isinstance(source, ad.AnnData) and is_store(source):
+        from .store_experiment import read_store
+
+        if layer is not None or input_scale is not None:
+            raise InputError("layer= / input_scale= do not apply to a store (it holds "
+                             "log1p-normalised X); convert the layer you want instead.")
+
+        return read_store(source, perturbation_key, control, context_key, batch_key,
+                          separator=separator, min_cells=min_cells,
+                          drop_small_groups=drop_small_groups, exclude=exclude,
+                          n_top_genes=n_top_genes)
+    adata = open_h5ad(source, backed)
     obs = adata.obs
     validate.check_obs_column(obs, perturbation_key, "--perturbation-key")
     validate.check_obs_column(obs, context_key, "--context-key")
     validate.check_obs_column(obs, batch_key, "--batch-key")
-    labels = obs[perturbation_key].astype(str).to_numpy()
+    control = str(control).strip()
+    labels = canonical_obs_labels(adata, perturbation_key, separator, control)
+    validate.check_label_text(labels, separator, perturbation_key)
     validate.check_control(labels, control, perturbation_key)
     validate.check_unique_names(adata)
+    validate.check_not_empty(adata)
 
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
     contexts = (
@@ -280,6 +319,7 @@ def read_experiment(
     where = f"layer {layer!r}" if layer else "X"
     validate.check_values(adata.X, where)
 
+    validate.check_declared_scale(input_scale, detect_scale(adata.X))
     scale = input_scale or detect_scale(adata.X)
     if input_scale not in (None, "counts", "log1p", "normalized"):
         raise InputError(
@@ -294,42 +334,18 @@ def read_experiment(
         separator=separator,
         input_scale=scale,
     )
+    recorded = read_normalization(adata.uns)
+    if scale == "log1p" and recorded is not None and recorded["log1p"]:
+        exp.meta["normalization"] = recorded  # a file perturbcast normalised before
     if adata.isbacked:
         exp.normalize_on_read = scale != "log1p"
     else:
         if adata.is_view:
             adata = adata.copy()
         adata.X = normalize_log1p(adata.X, scale)
+        adata.uns["perturbcast"] = {**dict(adata.uns.get("perturbcast", {})),
+                                    "normalization": uns_record(exp.normalization)}
         exp.adata = adata
     if n_top_genes is not None and n_top_genes < exp.n_genes:
         exp = select_genes(exp, n_top_genes)
     return exp
-
-
-def select_genes(exp: Experiment, n_top_genes: int) -> Experiment:
-    """Keep the ``n_top_genes`` most variable genes, always keeping measured targets."""
-    keep = np.zeros(exp.n_genes, dtype=bool)
-    keep[list(exp.target_index().values())] = True
-    if exp.adata.isbacked or exp.normalize_on_read:
-        sample = np.sort(np.random.default_rng(0).permutation(exp.n_cells)[:20000])
-        x = exp.rows(sample)
-    else:
-        x = exp.adata.X
-    idx = highly_variable_genes(x, n_top_genes, keep=keep)
-    sub = exp.adata[:, idx]
-    if not exp.adata.isbacked:
-        sub = sub.copy()
-    return replace(exp, adata=sub)
-
-
-def _open(source, backed: bool) -> ad.AnnData:
-    if isinstance(source, ad.AnnData):
-        return source.copy() if not source.isbacked else source
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise InputError(f"file not found: {path}; check the path passed to --data.")
-    try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a user input problem
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"could not read {path} as h5ad ({msg}); is it an AnnData file?") from exc

@@ -54,3 +54,24 @@ def single_vocabulary(labels: Iterable[str], separator: str, control: str) -> li
 
 def as_str_array(values) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=object)
+
+
+def canonical_label(label: str, separator: str, control: str) -> str:
+    """The canonical form of a label: whitespace stripped, control components dropped.
+
+    ' A + control ' -> 'A'; 'control+control' -> control; 'A+B' stays 'A+B' (order kept).
+    """
+    text = str(label).strip()
+    if text == control:
+        return control
+    parts = components(text, separator, control)
+    return separator.join(parts) if parts else control
+
+
+def canonical_labels(labels: np.ndarray, separator: str, control: str
+                     ) -> tuple[np.ndarray, dict[str, str]]:
+    """Canonical labels for an array, and the {original: canonical} labels that changed."""
+    uniques, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    canon = np.asarray([canonical_label(u, separator, control) for u in uniques], dtype=object)
+    changed = {str(u): str(c) for u, c in zip(uniques, canon, strict=True) if u != c}
+    return canon[inverse], changed

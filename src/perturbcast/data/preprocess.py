@@ -92,3 +92,25 @@ def highly_variable_genes(x, n_top: int, keep: np.ndarray | None = None) -> np.n
             break
         chosen[g] = True
     return np.flatnonzero(chosen)
+
+
+def normalization_record(input_scale: str) -> dict:
+    """``{"input_scale", "target_sum", "log1p"}`` for data read at ``input_scale``."""
+    return {"input_scale": str(input_scale),
+            "target_sum": None if input_scale == "log1p" else TARGET_SUM, "log1p": True}
+
+
+def read_normalization(uns) -> dict | None:
+    """The ``uns["perturbcast"]["normalization"]`` record of a file (NaN -> None), or None."""
+    rec = dict(uns.get("perturbcast", {}) or {}).get("normalization")
+    if not isinstance(rec, dict):
+        return None
+    target = rec.get("target_sum")
+    target = None if target is None or np.isnan(float(target)) else float(target)
+    return {"input_scale": str(rec.get("input_scale")), "target_sum": target,
+            "log1p": bool(rec.get("log1p", True))}
+
+
+def uns_record(record: dict) -> dict:
+    """A normalisation record that h5ad can store in ``uns`` (None -> NaN)."""
+    return {k: (float("nan") if v is None else v) for k, v in record.items()}

@@ -12,9 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, preview
 from ..utils import write_json
-from .experiment import Experiment
+from .experiment import NO_CONTEXT, Experiment
 
 SplitKind = Literal["unseen-perturbation", "unseen-context", "combo", "custom"]
 SPLIT_KINDS = ("unseen-perturbation", "unseen-context", "combo")
@@ -31,11 +31,33 @@ class Fold:
     test: list[Condition]
 
     def train_mask(self, exp: Experiment) -> np.ndarray:
-        """Cells used for training: all controls plus the training conditions."""
+        """Cells used for training: all controls plus the training conditions.
+
+        Raises InputError when a condition of the fold is not in ``exp`` (see :meth:`check`).
+        """
+        self.check(exp)
         return exp.is_control | _condition_mask(exp, self.train)
 
     def test_mask(self, exp: Experiment) -> np.ndarray:
+        """Cells of the held-out conditions (raises like :meth:`train_mask`)."""
+        self.check(exp)
         return _condition_mask(exp, self.test)
+
+    def check(self, exp: Experiment) -> None:
+        """Fail with one line when the fold's (perturbation, context) conditions do not all
+        exist in ``exp``, e.g. a split made with a context key applied without one."""
+        have = set(map(tuple, exp.conditions()[["perturbation", "context"]].to_numpy()))
+        missing = [c for c in [*self.train, *self.test] if tuple(c) not in have]
+        if not missing:
+            return
+        ctx_key = exp.context_key or f"none (every cell is context {NO_CONTEXT!r})"
+        names = [f"{p} ({c})" for p, c in missing]
+        raise InputError(
+            f"split fold {self.name!r}: {len(missing)} of its {len(self.train) + len(self.test)} "
+            f"conditions are not in the data (perturbation key {exp.perturbation_key!r}, "
+            f"context key {ctx_key}): {preview(names, 5)}; data has e.g. "
+            f"{preview([f'{p} ({c})' for p, c in sorted(have)], 3)}. Make the split from this "
+            f"file with the same --context-key and filters (perturbcast split).")
 
     def test_contexts(self) -> list[str]:
         return sorted({c for _, c in self.test})

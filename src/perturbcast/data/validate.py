@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -52,11 +54,14 @@ def check_unique_names(adata) -> None:
 
 
 def check_values(x, where: str, chunk: int = 8192) -> None:
-    """Fail on NaN/Inf or negative expression values (checked in row chunks; works backed)."""
-    n = x.shape[0]
+    """Fail on NaN/Inf or negative expression values (checked in row chunks; works backed).
+
+    Warns when some cells have no expression at all (they stay all-zero when normalised)."""
+    n, n_empty = x.shape[0], 0
     for start in range(0, n, chunk):
         block = x[start : start + chunk]
         vals = np.asarray(block.data if sp.issparse(block) else block)
+        n_empty += int((np.asarray(block.sum(axis=1, dtype=np.float64)).ravel() == 0).sum())
         if vals.size == 0:
             continue
         if not np.all(np.isfinite(vals)):
@@ -72,6 +77,12 @@ def check_values(x, where: str, chunk: int = 8192) -> None:
                 f"{float(vals.min()):.3g}); perturbcast expects raw counts or log1p-normalised "
                 f"expression, not scaled/centred data (use layer= for another matrix)."
             )
+    if n_empty and x.shape[1]:
+        warnings.warn(
+            f"{n_empty} cell(s) in {where} have zero total expression; they stay all-zero "
+            f"after normalisation. Filter them (e.g. scanpy.pp.filter_cells(min_counts=1)).",
+            stacklevel=3,
+        )
 
 
 def _first_bad_row(block, bad) -> int:
@@ -97,3 +108,50 @@ def check_group_sizes(
             f"[{preview(names, 5)}]; drop them (drop_small_groups=True / --drop-small-groups) "
             f"or lower min_cells (--min-cells)."
         )
+
+
+def check_not_empty(adata) -> None:
+    """Fail when the file has no cells or no genes."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        what = "no cells (obs is empty)" if adata.n_obs == 0 else "no genes (var is empty)"
+        raise InputError(f"the data has {what}; pass a file with cells in rows and genes in "
+                         f"columns.")
+
+
+def check_declared_scale(declared: str | None, detected: str) -> None:
+    """Fail when a declared input scale contradicts the values (counts must be whole)."""
+    if declared is None or declared == detected:
+        return
+    if declared == "counts" or detected == "counts":
+        raise InputError(
+            f"input_scale={declared!r} but the values look like {detected} "
+            f"({'whole numbers' if detected == 'counts' else 'not whole numbers'}); "
+            f"omit input_scale to detect it, or pass the matrix that holds {declared}."
+        )
+
+
+
+OTHER_SEPARATORS = ("|", ";", ",", "&", "~")
+
+
+def check_label_text(labels: np.ndarray, separator: str, key: str) -> None:
+    """Fail on labels with stray whitespace; warn when combos seem joined by another separator."""
+    values = [str(v) for v in pd.unique(labels)]
+    stray = [v for v in values if v != v.strip() or f" {separator}" in v or f"{separator} " in v]
+    if stray:
+        raise InputError(
+            f"obs[{key!r}] has labels with stray whitespace ({preview(map(repr, stray), 5)}); "
+            f"strip them (adata.obs[{key!r}] = adata.obs[{key!r}].str.strip()) and save again."
+        )
+    if any(separator in v for v in values):
+        return
+    for other in OTHER_SEPARATORS:
+        joined = [v for v in values if other in v]
+        if joined:
+            warnings.warn(
+                f"obs[{key!r}] labels contain {other!r} (e.g. {joined[0]!r}) but combinations "
+                f"are joined by {separator!r}; they are read as single perturbations. Pass "
+                f"separator={other!r} if they are combinations.",
+                stacklevel=3,
+            )
+            return

@@ -18,6 +18,7 @@ from ..data.preprocess import detect_scale
 from ..errors import InputError, preview
 from . import de_metrics, metrics
 from .de import DEResult, FdrMode, differential_expression, group_indices
+from .scale import check_same_scale, log1p_matrix, normalization_of, target_sum_for
 
 LOWER_BETTER = ("mae", "mse", "mae_delta", "mse_delta")
 VCC_METRICS = ("mae", "discrimination_score_l1", "overlap_at_N")
@@ -29,31 +30,6 @@ METRICS = (
     "de_sig_genes_recall", "pearson_edistance",
 )
 UNSCORED = ("de_nsig_counts_real", "de_nsig_counts_pred")
-
-
-def _log1p_matrix(adata: ad.AnnData, which: str):
-    """X as log1p; integer counts are normalised to the median library size (as cell-eval)."""
-    x = adata.X
-    if detect_scale(x) == "counts":  # float32, as scanpy.pp.normalize_total + log1p
-        x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, np.float32)
-        totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
-        target = np.median(totals)
-        f = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
-        f = f.astype(np.float32)
-        x = sp.csr_matrix(sp.diags(f) @ x) if sp.issparse(x) else x * f[:, None]
-        if sp.issparse(x):
-            x.data = np.log1p(x.data)
-        else:
-            x = np.log1p(x)
-    elif sp.issparse(x):
-        x = sp.csr_matrix(x)
-    vals = x.data if sp.issparse(x) else np.asarray(x)
-    if vals.size and (not np.isfinite(vals).all() or vals.min() < 0):
-        raise InputError(
-            f"{which} expression has NaN/Inf or negative values; expected log1p-normalised "
-            f"expression or raw counts."
-        )
-    return x
 
 
 def _group_means(x, index: list[np.ndarray]) -> np.ndarray:
@@ -83,6 +59,10 @@ class Reference:
     real : AnnData, real cells: perturbed cells plus control cells
     perturbation_key, control : obs column and control label
     fdr : 'per_perturbation' (cell-eval 0.8.x) or 'global'
+    epsilon : pseudocount of the DE log fold changes (0: cell-eval)
+    target_sum : raw counts are normalised to this total per cell + log1p (as
+        :func:`~perturbcast.read_experiment` does); None: to the median library size, as
+        cell-eval does. Log1p input is used as is.
     """
 
     real: ad.AnnData
@@ -90,6 +70,9 @@ class Reference:
     control: str
     fdr: FdrMode = "per_perturbation"
     epsilon: float = 0.0
+    target_sum: float | None = None
+    scale: str = field(init=False)
+    normalization: dict | None = field(init=False, repr=False)
     x: object = field(init=False, repr=False)
     labels: np.ndarray = field(init=False, repr=False)
     perts: np.ndarray = field(init=False)
@@ -102,6 +85,9 @@ class Reference:
     _cells: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.fdr not in ("per_perturbation", "global"):
+            raise InputError(f"fdr {self.fdr!r} is not one of per_perturbation, global "
+                             f"(--fdr).")
         if self.perturbation_key not in self.real.obs:
             raise InputError(
                 f"obs column {self.perturbation_key!r} not found in the real data; columns: "
@@ -114,7 +100,9 @@ class Reference:
                 f"{self.perturbation_key!r}; cell-eval needs control cells in both files."
             )
         self.genes = np.asarray(self.real.var_names.astype(str))
-        self.x = _log1p_matrix(self.real, "real")
+        self.scale = detect_scale(self.real.X)
+        self.normalization = normalization_of(self.real)
+        self.x = log1p_matrix(self.real, "real", self.target_sum)
         self.perts = np.array(sorted(set(self.labels) - {self.control}))
         if self.perts.size == 0:
             raise InputError("the real data has no perturbed cells to evaluate.")
@@ -138,8 +126,9 @@ class EvalResult:
 
     per_perturbation: pd.DataFrame
     summary: dict[str, float]
-    de_real: DEResult
-    de_pred: DEResult
+    de_real: DEResult | None  # None when scored per context: see ``by_context``
+    de_pred: DEResult | None
+    by_context: dict[str, EvalResult] = field(default_factory=dict)
 
     def score(self, baseline: EvalResult | dict, metric_names=VCC_METRICS) -> float:
         return vcc_score(self.summary, baseline if isinstance(baseline, dict)
@@ -153,26 +142,52 @@ def evaluate(
     control: str | None = None,
     fdr: FdrMode = "per_perturbation",
     edistance: bool = True,
+    epsilon: float = 0.0,
+    context_key: str | None = None,
 ) -> EvalResult:
     """Score predicted cells against real cells with cell-eval's metrics.
 
     Parameters
     ----------
     pred, real : AnnData with the same genes; both hold the perturbed cells and control cells
-        (cell-eval convention); counts are log-normalised, log1p is used as is
+        (cell-eval convention); log1p is used as is. Raw counts in ``real`` are normalised like
+        the predictions' input when ``pred`` records it (``uns["perturbcast"]``, written by
+        ``predict``), else to the median library size as cell-eval does.
     real : or a :class:`Reference` built once and reused for several predictions
     perturbation_key, control : obs column and control label (not needed with a Reference)
     edistance : compute pearson_edistance (needs cell-level pairwise distances)
+    epsilon : pseudocount of the DE log fold changes (0: cell-eval; the CLI's ``--epsilon``)
+    context_key : obs column of contexts in both files: each context is scored on its own
+        cells and controls. Default: the predictions' recorded context key, or ``context``,
+        when both files have it; otherwise contexts are pooled (cell-eval).
 
     Returns
     -------
-    EvalResult with ``per_perturbation`` (rows: perturbations, columns: metrics) and
-    ``summary`` (metric -> mean over perturbations; NaN propagates like cell-eval).
+    EvalResult with ``per_perturbation`` (rows: perturbations, or (perturbation, context) with a
+    ``context`` column; columns: metrics) and ``summary`` (metric -> mean over the rows; NaN
+    propagates like cell-eval).
     """
+    pred_norm = normalization_of(pred)
     if not isinstance(real, Reference):
         if perturbation_key is None or control is None:
             raise InputError("evaluate() needs perturbation_key and control.")
-        real = Reference(real, perturbation_key, control, fdr)
+        from .by_context import context_column, evaluate_by_context
+
+        ckey = context_column(pred, real, context_key)
+        if ckey is not None:
+            return evaluate_by_context(pred, real, perturbation_key, control, ckey, fdr,
+                                       epsilon, edistance)
+        real = Reference(real, perturbation_key, control, fdr, epsilon,
+                         target_sum_for(pred_norm, real))
+    check_same_scale(pred_norm, real.scale, real.target_sum, real.normalization)
+    res, de_pred = score(pred, real, edistance)
+    return EvalResult(result_table(res, real.perts), summarise([res]), real.de, de_pred)
+
+
+def score(pred: ad.AnnData, real: Reference, edistance: bool = True
+          ) -> tuple[dict[str, dict[str, float]], DEResult]:
+    """Every metric of ``pred`` against ``real``: {metric: {perturbation: value}}, and the
+    predictions' DE table."""
     key, ctrl = real.perturbation_key, real.control
     if key not in pred.obs:
         raise InputError(f"obs column {key!r} not found in the predictions.")
@@ -185,7 +200,7 @@ def evaluate(
                 f"unexpected {preview(extra, 5)}" if extra else f"no control {ctrl!r}")
         raise InputError(f"predictions and real data differ in perturbations ({what}); "
                          f"predict every real perturbation and include control cells.")
-    px = _log1p_matrix(pred, "predicted")
+    px = log1p_matrix(pred, "predicted")
     pindex = group_indices(plabels, real.groups)
     pm = _group_means(px, pindex)
     pair = metrics.PairArrays(real.perts, real.genes, real.means, pm[:-1], real.ctrl_mean, pm[-1])
@@ -216,11 +231,25 @@ def evaluate(
         res["pearson_edistance"] = {str(p): e for p in real.perts}
     res["de_nsig_counts_real"], res["de_nsig_counts_pred"] = de_metrics.nsig_counts(de_real,
                                                                                       de_pred)
+    return res, de_pred
+
+
+def result_table(res: dict[str, dict[str, float]], perts: np.ndarray) -> pd.DataFrame:
+    """Per-perturbation table (index ``perturbation``, one column per metric)."""
     table = pd.DataFrame({m: pd.Series(v, dtype=float) for m, v in res.items()})
-    table = table.reindex(real.perts.astype(str))
+    table = table.reindex(perts.astype(str))
     table.index.name = "perturbation"
-    summary = {m: (float(np.mean(list(v.values()))) if v else float("nan")) for m, v in res.items()}
-    return EvalResult(table, summary, de_real, de_pred)
+    return table
+
+
+def summarise(results: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Mean of each metric over every (perturbation[, context]) value it has; NaN propagates
+    and absent values are skipped, as cell-eval's aggregate."""
+    out = {}
+    for m in results[0]:
+        vals = [v for r in results for v in r[m].values()]
+        out[m] = float(np.mean(vals)) if vals else float("nan")
+    return out
 
 
 def _align_genes(pred: ad.AnnData, genes: np.ndarray) -> ad.AnnData:

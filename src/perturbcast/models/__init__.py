@@ -9,18 +9,19 @@ from .baselines import (
     CellMeanBaseline,
     ContextMeanBaseline,
     ControlBaseline,
-    LinearBaseline,
     PerturbationMeanBaseline,
 )
+from .gene_baselines import KnnBaseline, LinearBaseline
+from .incontext import InContextModel
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
     m.name: m
     for m in (ControlBaseline, CellMeanBaseline, ContextMeanBaseline, PerturbationMeanBaseline,
-              AdditiveBaseline, LinearBaseline)
+              AdditiveBaseline, LinearBaseline, KnnBaseline)
 }
 BASELINES = tuple(MODELS)
-MODELS.update({m.name: m for m in (FlowModel, TransitionModel)})
+MODELS.update({m.name: m for m in (FlowModel, TransitionModel, InContextModel)})
 
 
 def get_model_class(name: str) -> type[PerturbationModel]:

@@ -8,8 +8,10 @@ and perturbation vocabulary, so they can be applied to a new file without guessi
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import warnings
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.experiment import Experiment
+from ..data.labels import canonical_label
+from ..data.preprocess import uns_record
 from ..errors import InputError, preview
 from ..utils import atomic_path
 
@@ -47,20 +51,41 @@ class PerturbationModel(ABC):
         self.contexts: list[str] = []
         self.keys: dict[str, Any] = {}
 
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """Names of the parameters this model takes (``--param KEY=VALUE``, ``get_model``).
+
+        Default: the keyword parameters of ``__init__`` other than ``seed``; a model that takes
+        ``**params`` with a table of defaults overrides this."""
+        sig = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return tuple(n for n, p in sig.parameters.items()
+                     if p.kind in kinds and n not in ("self", "seed"))
+
     # ---- public API --------------------------------------------------------------------------
     def fit(self, exp: Experiment, train_mask: np.ndarray | None = None) -> PerturbationModel:
         """Fit on the cells of ``exp`` selected by ``train_mask`` (default: all cells)."""
         mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
         if not (mask & exp.is_control).any():
             raise InputError("training cells contain no control cells; keep controls in training.")
+        if not (mask & ~exp.is_control).any():
+            raise InputError("training cells contain no perturbed cells; a model learns from "
+                             "perturbed cells and their controls, so keep both in training.")
         self.genes = exp.genes.copy()
         self.vocabulary = sorted(set(exp.perturbations[mask]) - {exp.control})
         self.contexts = sorted(set(exp.contexts[mask]))
         self.keys = {"perturbation_key": exp.perturbation_key, "control": exp.control,
                      "context_key": exp.context_key, "batch_key": exp.batch_key,
-                     "separator": exp.separator}
+                     "separator": exp.separator, "normalization": exp.normalization}
         self._fit(exp, mask)
         return self
+
+    def check_can_predict(self, exp: Experiment, perturbations: Iterable[str],
+                          train_mask: np.ndarray | None = None) -> None:
+        """Raise InputError now if fitting on ``train_mask`` could not predict ``perturbations``
+        (e.g. an unseen perturbation with no gene vector), so a benchmark fails before the long
+        fit rather than after it. Default: every model can predict any label."""
+        return None
 
     def predict(
         self,
@@ -68,6 +93,7 @@ class PerturbationModel(ABC):
         conditions: Iterable[Condition] | pd.DataFrame,
         n_cells: int | Mapping[Condition, int] = 100,
         include_controls: bool = False,
+        **options: Any,
     ) -> ad.AnnData:
         """Predict cells for each (perturbation, context) from that context's control cells.
 
@@ -78,6 +104,8 @@ class PerturbationModel(ABC):
             (and optionally ``n_cells``)
         n_cells : cells per condition (int), or a mapping condition -> count
         include_controls : append the contexts' real control cells (cell-eval convention)
+        **options : passed to the subclass's ``_predict_cells`` (e.g. the in-context model's
+            prompt source)
 
         Returns
         -------
@@ -86,6 +114,13 @@ class PerturbationModel(ABC):
         """
         self._check_fitted()
         conds, counts = _parse_conditions(conditions, n_cells)
+        sep, control = self.keys.get("separator", "+"), self.keys.get("control", exp.control)
+        conds = [(canonical_label(p, sep, control), c) for p, c in conds]
+        unseen = sorted({c for _, c in conds} - set(self.contexts))
+        if unseen:
+            warnings.warn(f"{self.name}: context(s) {preview(unseen, 5)} were not in training "
+                          f"(trained on {preview(self.contexts, 5)}); predicting there from "
+                          f"their control cells only.", stacklevel=2)
         gene_idx = self._gene_index(exp)
         ctrl = exp.is_control
         blocks, labels, ctxs = [], [], []
@@ -99,7 +134,7 @@ class PerturbationModel(ABC):
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
             pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
             x_ctrl = exp.rows(pick)[:, gene_idx]
-            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick)
+            pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
             blocks.append(np.clip(pred, 0.0, None).astype(np.float32))
             labels += [pert] * n
             ctxs += [ctx] * n
@@ -116,7 +151,9 @@ class PerturbationModel(ABC):
             obs[ckey] = ctxs
         obs.index = [f"pred{i}" for i in range(len(obs))]
         out = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=self.genes.astype(str)))
-        out.uns["perturbcast"] = {"model": self.name, "seed": self.seed}
+        out.uns["perturbcast"] = {"model": self.name, "seed": self.seed,
+                                  "normalization": uns_record(exp.normalization),
+                                  "context_key": ckey or ""}
         return out
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -11,6 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 MAX_PCA_CELLS = 50_000
+MAX_EXACT_SVD_GENES = 4096  # above: randomised SVD (Halko et al. 2011) of the sample
+
+
+def _top_right_vectors(xc: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Top-k right singular vectors of xc (n, g) as rows, shape (>= k, g): exact SVD up to
+    ``MAX_EXACT_SVD_GENES`` genes, else a randomised SVD (oversampling 20, 4 power steps)."""
+    if xc.shape[1] <= MAX_EXACT_SVD_GENES:
+        return np.linalg.svd(xc, full_matrices=False)[2]
+    q = xc @ rng.standard_normal((xc.shape[1], min(k + 20, xc.shape[1])), dtype=np.float32)
+    for _ in range(4):
+        q = np.linalg.qr(xc @ (xc.T @ np.linalg.qr(q)[0]))[0]
+    return np.linalg.svd(q.T @ xc, full_matrices=False)[2]
 
 
 class LatentSpace:
@@ -31,13 +43,21 @@ class LatentSpace:
 
     def fit(self, x: np.ndarray, rng: np.random.Generator) -> LatentSpace:
         """Fit on cells x, shape (n_cells, n_genes) (a random subset above 50k cells)."""
-        if x.shape[0] > MAX_PCA_CELLS:
-            x = x[np.sort(rng.choice(x.shape[0], MAX_PCA_CELLS, replace=False))]
+        return self.fit_rows(lambda sel: x[sel], x.shape[0], rng)
+
+    def fit_rows(self, read, n_cells: int, rng: np.random.Generator) -> LatentSpace:
+        """Fit on ``read(sel)`` -> rows ``sel`` of the training cells, shape (len(sel), n_genes),
+        reading at most ``MAX_PCA_CELLS`` random rows (a bounded sample: out-of-core safe)."""
+        sel = slice(None)
+        if n_cells > MAX_PCA_CELLS:
+            sel = np.sort(rng.choice(n_cells, MAX_PCA_CELLS, replace=False))
+        x = read(sel)
         self.mean = x.mean(0).astype(np.float32)
         xc = x - self.mean
+        del x  # a read sample is freed here (peak memory: the sample, its SVD)
         if self.kind == "pca":
             k = max(1, min(self.n_latent, *xc.shape))
-            _, _, vt = np.linalg.svd(xc.astype(np.float32), full_matrices=False)
+            vt = _top_right_vectors(xc.astype(np.float32, copy=False), k, rng)
             self.components = np.ascontiguousarray(vt[:k].T, np.float32)
             z = xc @ self.components
         else:

@@ -3,11 +3,16 @@
 Every component (single perturbation) seen in training gets a learned embedding id. A
 component may also have a fixed feature vector, from
 
+- the built-in human gene table (``embeddings="default"``, the default of every model that takes
+  gene features; see :mod:`perturbcast.datasets.gene_table`);
 - a user table (``embeddings=`` a CSV / TSV / parquet / npz file: name -> vector) for genes or
   compounds, e.g. literature gene vectors or GO-derived features; or
 - the training data (``embeddings="train"``): the target gene's row of the top principal
   components of the training delta matrix (genes x conditions) next to its row of the top
-  principal components of control expression (genes x cells), as in the linear baseline.
+  principal components of control expression (genes x cells); each model builds its own.
+
+:func:`resolve_embeddings` turns a spec (``"default" | "train" | "none" |`` path(s)) into the
+table a model uses; every model that takes gene features goes through it.
 
 A component with neither (unseen in training and absent from the features) cannot be encoded:
 :meth:`PerturbationFeatures.encode` raises a one-line error naming it, never a silent zero.
@@ -16,6 +21,8 @@ A component with neither (unseen in training and absent from the features) canno
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +33,7 @@ from ..errors import InputError
 
 NAME_KEYS = ("names", "genes", "index", "perturbations", "symbols")
 VECTOR_KEYS = ("emb", "embeddings", "vectors", "X", "features")
+DEFAULT, TRAIN, NONE = "default", "train", "none"
 
 
 def load_embedding_table(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -72,14 +80,67 @@ def load_embedding_table(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
 
 
 def load_embedding_tables(spec: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One table, or several comma-separated paths joined side by side (each scaled to unit
-    spread, zeros where a table lacks a name); a name found in any table has features."""
+    """One table, or several comma-separated ones joined side by side (each scaled to unit
+    spread, zeros where a table lacks a name); a name found in any table has features.
+    ``default`` (alone or as one of the parts) is the built-in human gene table."""
     from ..datasets.priors import join_tables
 
     parts = [s.strip() for s in str(spec).split(",")]
     if len(parts) == 1 or Path(spec).exists():
-        return load_embedding_table(spec)
-    return join_tables([load_embedding_table(s) for s in parts if s])
+        return _load_one(str(spec).strip())
+    return join_tables([_load_one(s) for s in parts if s])
+
+
+def _load_one(part: str) -> tuple[np.ndarray, np.ndarray]:
+    if part == DEFAULT:
+        from ..datasets.gene_table import load_default_gene_table
+
+        return load_default_gene_table()
+    if not Path(part).exists():
+        raise InputError(f"embeddings: {part!r} is neither {DEFAULT!r}, {TRAIN!r}, {NONE!r} nor "
+                         "an existing table file (csv/tsv/parquet/npz); check the path.")
+    return load_embedding_table(part)
+
+
+def resolve_embeddings(spec: str | None, components: Sequence[str],
+                       train_table: Callable[[], tuple[np.ndarray, np.ndarray]], model: str,
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The feature table a model uses for an ``embeddings=`` spec.
+
+    Parameters
+    ----------
+    spec : "default" (built-in human gene table), "train" (the model's features from training
+        data), "none", or table path(s), comma-separated
+    components : the training perturbations' components (single perturbations)
+    train_table : builds the model's training-data table, returns (names (n,), vectors (n, d))
+    model : model name, for messages
+
+    Returns
+    -------
+    names : array of str, shape (n,)
+    vectors : array of float32, shape (n, d) (d = 0 for "none")
+    used : the spec used; "train" when "default" has a row for none of ``components`` (e.g.
+        simulated or non-human genes, compounds), which is announced with a warning
+    """
+    spec = NONE if spec is None else str(spec).strip()
+    if spec == NONE:
+        return np.zeros(0, str), np.zeros((0, 0), np.float32), NONE
+    if spec == TRAIN:
+        return (*train_table(), TRAIN)
+    names, vectors = load_embedding_tables(spec)
+    if spec == DEFAULT and len(components) and not _covers_any(names, components):
+        warnings.warn(f"{model}: the built-in gene table (embeddings='default') has no row for "
+                      f"any of the {len(components)} training perturbations (e.g. "
+                      f"{sorted(components)[0]!r}); using embeddings='train' (features from the "
+                      "training data) instead; pass embeddings=TABLE for your own vectors.",
+                      stacklevel=2)
+        return (*train_table(), TRAIN)
+    return names, vectors, spec
+
+
+def _covers_any(names: np.ndarray, components: Sequence[str]) -> bool:
+    have = {str(n) for n in names} | {str(n).upper() for n in names}
+    return any(c in have or c.upper() in have for c in components)
 
 
 def training_gene_features(genes: np.ndarray, deltas: np.ndarray, ctrl_cells: np.ndarray,
@@ -174,12 +235,30 @@ class PerturbationFeatures:
                 "dose": dose}
 
     def state(self) -> dict[str, np.ndarray]:
+        """Arrays to save; repeated rows (former symbols of one gene) are stored once."""
+        vec = self.feature_vectors
+        unique, rows = (np.unique(vec, axis=0, return_inverse=True) if vec.size else
+                        (vec, np.arange(len(vec))))
         return {"pf_learned": np.asarray(self.learned, dtype=str),
-                "pf_feature_names": self.feature_names, "pf_feature_vectors":
-                self.feature_vectors}
+                "pf_feature_names": self.feature_names, "pf_feature_vectors": unique,
+                "pf_feature_rows": rows.ravel().astype(np.int64)}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], separator: str, control: str
                    ) -> PerturbationFeatures:
+        vectors = state["pf_feature_vectors"]
+        if "pf_feature_rows" in state:
+            vectors = vectors[state["pf_feature_rows"]]
         return cls(list(state["pf_learned"].astype(str)), state["pf_feature_names"].astype(str),
-                   state["pf_feature_vectors"], separator, control)
+                   vectors, separator, control)
+
+
+def numeric_doses(values: np.ndarray, key: str) -> np.ndarray:
+    """Doses as float64; values that do not parse as numbers are an error naming them."""
+    num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
+    bad = sorted({str(v) for v, d in zip(values, num, strict=True)
+                  if np.isnan(d) and not pd.isna(v)})
+    if bad:
+        raise InputError(f"obs[{key!r}] has non-numeric dose(s) {bad[:5]}; give doses as "
+                         f"numbers (e.g. 0.1, not '0.1uM').")
+    return num

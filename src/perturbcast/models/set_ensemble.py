@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
+from ..train.resume import current_resume, resumable
 from .latent import LatentSpace
 
 
@@ -31,3 +34,14 @@ def combine_members(changes: list[np.ndarray], latent: LatentSpace) -> tuple[np.
     out = np.stack(changes)[member, np.arange(member.size)] + avg_minus[member]
     genes = latent.decode_change(dev)  # (k, n_genes), relative to member 0
     return out, float(np.sqrt(genes.var(0, ddof=1).mean()))
+
+
+def member_resume(m: int) -> contextlib.AbstractContextManager:
+    """Resumable training of ensemble member ``m`` > 0 keeps its own ``last.ckpt`` (in
+    ``member{m}/``), continued only when one was written (a run killed during an earlier member
+    starts it afresh); member 0 uses the run's own settings."""
+    r = current_resume()
+    if r is None or m == 0:
+        return contextlib.nullcontext()
+    directory = r.directory / f"member{m}"
+    return resumable(directory, r.every_n_steps, r.resume and (directory / "last.ckpt").exists())

@@ -25,10 +25,16 @@ base, inner_unit, inner_folds : residual on a baseline (``none``, ``auto`` or a 
     cross-validation over training conditions
 n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
     mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
-embeddings : "train" (gene features from training data), "none", or a table path (csv/parquet/npz);
-    several comma-separated paths are joined side by side (see
-    :func:`~perturbcast.datasets.priors.join_tables`)
+embeddings : "default" (the built-in human gene table; "train" with a warning when it has no row
+    for any training perturbation), "train" (gene features from training data), "none", or a
+    table path (csv/parquet/npz); several comma-separated are joined side by side (see
+    :func:`~perturbcast.models.perturbation_features.resolve_embeddings`)
 dose_key : obs column with a dose per cell (scalar input), or None
+devices, num_nodes, strategy, precision : passed to ``lightning.Trainer`` (multi-GPU / multi-node;
+    under DDP each step's ``n_sets`` sets are split evenly over the ranks, so a run on k
+    processes takes the same optimiser steps as one process with the same global batch)
+memory_budget_gb : load the training cells densely when they fit in this many GB, else read
+    each batch's cells from disk (out-of-core data; announced with a warning)
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
 """
@@ -36,12 +42,12 @@ learned_dropout, context_dropout : see :class:`~perturbcast.modules.Perturbation
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -54,19 +60,29 @@ from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import PerturbationFeatures
-from .set_data import SetBatches, prepare, training_budget
-from .set_ensemble import combine_members
+from .set_data import (
+    SetBatches,
+    feature_names,
+    prediction_dose,
+    prediction_sets,
+    prepare,
+    training_budget,
+)
+from .set_ensemble import combine_members, member_resume
 from .set_residual import check_base, choose_base, fit_base
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
-    val_fraction=0.1, embeddings="train", dose_key=None, base="none", inner_unit="auto",
+    val_fraction=0.1, embeddings="default", dose_key=None, base="none", inner_unit="auto",
     inner_folds=5, n_seeds=1, learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None,
-    show_progress=False, val_energy=False, val_controls="train",
+    show_progress=False, val_energy=False, val_controls="train", memory_budget_gb=4.0,
+    devices=1, num_nodes=1, strategy="auto", precision="auto",
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out"),
+                             "strategy": ("auto", "ddp", "fsdp", "ddp_spawn"),
+                             "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed"),
                              "inner_unit": ("auto", "combo", "perturbation", "condition")}
 N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
@@ -76,6 +92,7 @@ class SetModel(PerturbationModel):
     """Shared machinery; see the module docstring for the parameters."""
 
     name: ClassVar[str] = "set_model"
+    takes_embeddings: ClassVar[bool] = True
     use_time: ClassVar[bool] = False
     extra_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -126,12 +143,22 @@ class SetModel(PerturbationModel):
         return loss
 
     # ---- fitting -----------------------------------------------------------------------------
+    def check_can_predict(self, exp: Experiment, perturbations, train_mask=None) -> None:
+        """Raise before training if a perturbation to predict would have neither a learned
+        embedding (seen in training) nor a feature row (see :func:`set_data.feature_names`)."""
+        mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
+        learned = sorted({c for p in set(exp.perturbations[mask]) for c in exp.components(p)})
+        names = feature_names(exp, self.params["embeddings"], learned, self.name)
+        PerturbationFeatures(learned, names, np.zeros((len(names), 0), np.float32),
+                             exp.separator, exp.control).check(list(perturbations))
+
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
-        data = prepare(exp, mask, p, self.seed, rng)
+        data = prepare(exp, mask, p, self.seed, rng, self.name)
         self.latent, self.features, self.doses = data.latent, data.features, data.doses
+        self.embeddings_used = data.embeddings_used
         self.context_names, self.batch_names = data.context_names, data.batch_names
         self.base_name, oof, base_summary = choose_base(
             p["base"], exp, mask, data.cond_keys, p["inner_unit"], p["inner_folds"], self.seed)
@@ -141,6 +168,11 @@ class SetModel(PerturbationModel):
         sets = SetBatches(data, p, self.arrange, rng)
         val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
         config, budget = training_budget(p, sets.n_train_perturbed)
+        if not val_batches:
+            warnings.warn(f"{self.name}: no validation cells (val_fraction={p['val_fraction']}, "
+                          f"groups too small to hold any out), so no early stopping: training "
+                          f"runs all {config.max_steps} steps and keeps the last weights.",
+                          stacklevel=3)
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
         self.members, runs = [], []
@@ -153,14 +185,17 @@ class SetModel(PerturbationModel):
             if config.max_steps > 0:
                 if p["checkpoint_dir"] and p["n_seeds"] > 1:
                     config.checkpoint_dir = str(Path(p["checkpoint_dir"]) / f"member{m}")
-                runs.append(train_network(net, self.loss, lambda r=r: sets.train_batch(r),
-                                          val_batches, config, meta, self.validation_loss))
+                with member_resume(m):
+                    runs.append(train_network(net, self.loss, lambda r=r: sets.train_batch(r),
+                                              val_batches, config, meta, self.validation_loss,
+                                              sampler_rng=r))
             else:
                 runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
             self.members.append(net.cpu().eval())
         self.net = self.members[0]
         self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
-                                 "member_steps": [r["steps"] for r in runs]}
+                                 "member_steps": [r["steps"] for r in runs],
+                                 "data_mode": data.rows.mode}
 
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
@@ -184,20 +219,14 @@ class SetModel(PerturbationModel):
         return dict(self._spread)
 
     def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
-        dose = self._dose(exp, perturbation, context)
+        dose = prediction_dose(exp, self.params["dose_key"], perturbation, context, self.doses,
+                               self.name)
         enc = self.features.encode([perturbation], [dose])  # raises for an unknown perturbation
         n = x_ctrl.shape[0]
         if n == 0:
             return x_ctrl.copy()
-        size = self.params["set_size"]
-        use_batch = exp.batches is not None and ctrl_idx is not None and bool(self.batch_names)
-        cell_batch = exp.batches[ctrl_idx].astype(str) if use_batch else np.zeros(n, str)
-        sets, set_batch = [], []
-        for name in np.unique(cell_batch):
-            g = np.flatnonzero(cell_batch == name)
-            for chunk in np.array_split(g, int(np.ceil(g.size / size))):
-                sets.append(chunk)
-                set_batch.append(self._batch_id(name if use_batch else None))
+        sets, set_batch = prediction_sets(exp, ctrl_idx, n, self.params["set_size"],
+                                          self.batch_names, self._batch_id, self.name)
         z = self.latent.encode(x_ctrl)
         base = None if self.base_model is None else self.base_model.delta(perturbation, context)
         if base is not None:
@@ -208,6 +237,9 @@ class SetModel(PerturbationModel):
             x0[i, :s.size] = z[s]
             mask[i, :s.size] = True
         ctx = self.context_names.index(context) + 1 if context in self.context_names else 0
+        if ctx == 0:
+            warnings.warn(f"{self.name}: context {context!r} had no perturbed training cells; "
+                          f"predicted as context 'unknown'.", stacklevel=3)
         cond = {k: torch.from_numpy(np.repeat(v, len(sets), axis=0)) for k, v in enc.items()}
         cond["context"] = torch.full((len(sets),), ctx, dtype=torch.long)
         cond["batch"] = torch.as_tensor(set_batch, dtype=torch.long)
@@ -227,21 +259,10 @@ class SetModel(PerturbationModel):
         return pred if base is None else pred + base[None, :].astype(np.float32)
 
     def _batch_id(self, name) -> int:
+        """1-based id of a training batch; 0 ('unknown') for None or an unseen batch."""
         if name is None or str(name) not in self.batch_names:
             return 0
         return self.batch_names.index(str(name)) + 1
-
-    def _dose(self, exp: Experiment, pert: str, ctx: str) -> float:
-        key = self.params["dose_key"]
-        if key is None:
-            return 0.0
-        if key in exp.adata.obs:
-            sel = (exp.perturbations == pert) & (exp.contexts == ctx)
-            if sel.any():
-                d = pd.to_numeric(exp.adata.obs[key].to_numpy()[sel], errors="coerce")
-                if np.isfinite(d).any():
-                    return float(np.nanmedian(d))
-        return float(self.doses.get(pert, 0.0))
 
     # ---- saving --------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
@@ -290,3 +311,4 @@ class SetModel(PerturbationModel):
     def _load_extra(self, directory: Path) -> None:
         f = directory / "training.json"
         self.training_summary = json.loads(f.read_text()) if f.exists() else {}
+

@@ -7,17 +7,28 @@ model memorises them, and is a poor guide to the quality of generated sets), and
 makers (training draws fresh random sets each step; validation batches are fixed once, so the
 validation loss is comparable between epochs). The best weights by validation loss are
 restored at the end; early stopping counts epochs without a significant (relative
-``min_delta``) improvement. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
+``min_delta``) improvement. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` go to
+``lightning.Trainer`` (DDP / FSDP on several GPUs or nodes; under torchrun or SLURM, Lightning
+reads the ranks from the environment); :func:`rank_share` gives each rank its slice of a
+global batch. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
 gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
+
+Inside :func:`perturbcast.train.resume.resumable`, training writes ``last.ckpt`` (atomically)
+every few steps and, with ``resume=True``, continues from it: weights, optimiser, schedule,
+early stopping, the best weights so far and the RNG states of torch and of the set sampler are
+restored, so a run killed and resumed on CPU ends with the same weights as one never
+interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +36,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
+
+from ..errors import InputError
+from .resume import Resume, current_resume
 
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -43,16 +57,35 @@ class TrainConfig:
     min_delta: float = 0.01  # significant: below (1 - min_delta) x the best loss so far
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto": bf16-mixed on CUDA, else 32-true
+    devices: int | str = 1  # processes per node ("auto": all accelerators)
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp", "fsdp", ... (lightning strategies)
     show_progress: bool = False
     checkpoint_dir: str | None = None
 
 
 class _Stream(IterableDataset):
-    def __init__(self, make: Callable[[], Batch], n: int) -> None:
-        self.make, self.n = make, n
+    """``n`` fresh batches per epoch; remembers the sampler RNG state before recent draws."""
+
+    def __init__(self, make: Callable[[], Batch], n: int, rng=None) -> None:
+        self.make, self.n, self.rng = make, n, rng
+        self.first = n  # batches in the next epoch (fewer when resumed mid-epoch)
+        self.drawn = 0  # batches drawn so far, over all epochs
+        self.states: dict[int, dict] = {}
+
+    def state_before(self, draw: int) -> dict | None:
+        """Sampler RNG state before batch ``draw`` (Lightning fetches a batch ahead)."""
+        if self.rng is None:
+            return None
+        return self.states.get(draw, self.rng.bit_generator.state)
 
     def __iter__(self):
-        for _ in range(self.n):
+        n, self.first = self.first, self.n
+        for _ in range(n):
+            if self.rng is not None:
+                self.states[self.drawn] = copy.deepcopy(self.rng.bit_generator.state)
+                self.states.pop(self.drawn - 8, None)
+            self.drawn += 1
             yield self.make()
 
 
@@ -62,6 +95,24 @@ class _Fixed(IterableDataset):
 
     def __iter__(self):
         return iter(self.batches)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator and every CUDA generator for the body, then restore all of
+    them, so a seeded validation pass does not replay the same training noise each epoch."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    torch.default_generator.manual_seed(seed)
+    if cuda:
+        torch.cuda.manual_seed_all(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 class SetTrainingModule(L.LightningModule):
@@ -79,17 +130,22 @@ class SetTrainingModule(L.LightningModule):
         self.wait = 0
         self.stopped_early = False
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        state = getattr(self, "pending_torch_rng", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            if self.pending_val_loss is not None:
+                self.trainer.callback_metrics["val_loss"] = self.pending_val_loss
+            self.pending_torch_rng = self.pending_val_loss = None
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self.loss_fn(self.net, batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=1)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        state = torch.get_rng_state()
-        torch.manual_seed(1000 + batch_idx)  # the same flow times / noise every epoch
-        with torch.no_grad():
+        with seeded_rng(1000 + batch_idx), torch.no_grad():  # same flow times / noise per epoch
             loss = self.val_fn(self.net, batch)
-        torch.set_rng_state(state)
         self.log("val_loss", loss, prog_bar=True, batch_size=1, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -108,6 +164,31 @@ class SetTrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perturbcast"] = self.meta
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            checkpoint["perturbcast_resume"] = {
+                "best_loss": self.best_loss, "best_state": self.best_state,
+                "history": list(self.history), "torch_rng": torch.get_rng_state(),
+                "reference": self.reference, "wait": self.wait,
+                "stopped_early": self.stopped_early,
+                "val_loss": self.trainer.callback_metrics.get("val_loss"),
+                "sampler_rng": stream.state_before(int(checkpoint["global_step"]))}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state, stream = checkpoint.get("perturbcast_resume"), getattr(self, "stream", None)
+        if state is None or stream is None:
+            return
+        self.best_loss, self.best_state = state["best_loss"], state["best_state"]
+        self.history = list(state["history"])
+        self.reference, self.wait = state["reference"], state["wait"]
+        self.stopped_early = state["stopped_early"]
+        # set just before the next step: creating the data iterator draws from torch's RNG
+        self.pending_torch_rng = state["torch_rng"]
+        self.pending_val_loss = state["val_loss"]  # early stopping reads it at epoch end
+        if stream.rng is not None and state["sampler_rng"] is not None:
+            stream.rng.bit_generator.state = state["sampler_rng"]
+        step = int(checkpoint["global_step"])
+        stream.drawn, stream.first = step, stream.n - step % stream.n
 
     def configure_optimizers(self):
         cfg = self.config
@@ -123,17 +204,61 @@ class SetTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def global_rank() -> int:
+    """Rank of this process under torch.distributed (0 when not distributed)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_share(n: int) -> slice:
+    """This process's equal, contiguous share of ``n`` items under torch.distributed (all of
+    them when not distributed). ``n`` must divide evenly over the ranks."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return slice(0, n)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if n % world:
+        raise InputError(f"n_sets={n} does not divide over {world} processes; use a multiple "
+                         f"of {world}.")
+    k = n // world
+    return slice(rank * k, (rank + 1) * k)
+
+
+class _ResumeCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` atomically every ``every_n_steps`` steps, never on the last step
+    of an epoch (Lightning resumes mid-epoch exactly; at an epoch end the validation and early
+    stopping of that epoch would be skipped), so it may come a step later."""
+
+    def __init__(self, resume: Resume, steps_per_epoch: int) -> None:
+        self.resume, self.steps_per_epoch, self.saved = resume, steps_per_epoch, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step - self.saved < self.resume.every_n_steps or step % self.steps_per_epoch == 0:
+            return
+        self.resume.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.resume.directory / ".last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.resume.last)
+        self.saved = step
+
+
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
-                  val_fn: LossFn | None = None) -> dict[str, Any]:
+                  val_fn: LossFn | None = None, sampler_rng=None) -> dict[str, Any]:
     """Train ``net`` in place; returns a summary (steps, epochs, whether it stopped early,
     best/last validation loss).
 
     Early stopping: after ``patience`` epochs in which the validation loss did not fall below
     ``(1 - min_delta)`` times the last such improvement, training stops (the best weights, by
-    any improvement, are restored)."""
+    any improvement, are restored). ``sampler_rng`` (numpy Generator used by ``make_batch``)
+    is saved in resumable checkpoints.
+    """
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
+    resume = current_resume()
     callbacks: list[L.Callback] = []
+    if resume is not None:
+        callbacks.append(_ResumeCheckpoint(resume, config.steps_per_epoch))
     if config.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
             config.checkpoint_dir, monitor="val_loss" if val_batches else None, save_top_k=1,
@@ -141,21 +266,28 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     cuda = torch.cuda.is_available()
     precision = config.precision if config.precision != "auto" else (
         "bf16-mixed" if cuda else "32-true")
+    precision = "32-true" if precision == "32" else precision
     epochs = max(1, math.ceil(config.max_steps / config.steps_per_epoch))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=epochs, max_steps=config.max_steps, accelerator="gpu" if cuda else "cpu",
-        devices=1, precision=precision, logger=False, callbacks=callbacks,
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=precision, logger=False, callbacks=callbacks,
         enable_checkpointing=bool(config.checkpoint_dir), enable_model_summary=False,
         enable_progress_bar=config.show_progress, num_sanity_val_steps=0,
         gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0)
-    train_dl = DataLoader(_Stream(make_batch, config.steps_per_epoch), batch_size=None)
+    module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
+    train_dl = DataLoader(module.stream, batch_size=None)
+    ckpt = None
+    if resume is not None and resume.resume:
+        ckpt = str(resume.last) if resume.last.exists() else None
+        _check_resumable(ckpt, meta)
     val_dl = DataLoader(_Fixed(val_batches), batch_size=None) if val_batches else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*")
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
-        trainer.fit(module, train_dl, val_dl)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     last = float(trainer.callback_metrics.get("val_loss", math.nan))
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
@@ -165,3 +297,23 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
             "stopped_early": module.stopped_early,
             "best_val_loss": module.best_loss, "last_val_loss": last,
             "val_loss_per_epoch": module.history}
+
+
+def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> None:
+    """Fail with one line when there is no checkpoint, or it is of another training run."""
+    import json
+
+    from ..errors import InputError
+
+    if ckpt is None:
+        raise InputError("--resume: no checkpoint to resume from; run again without --resume.")
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("perturbcast")
+    except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
+        raise InputError(f"--resume: {ckpt} cannot be read ({type(exc).__name__}); run again "
+                         "without --resume.") from exc
+    same = json.dumps(saved, sort_keys=True, default=str) == json.dumps(meta, sort_keys=True,
+                                                                         default=str)
+    if not same:
+        raise InputError(f"--resume: {ckpt} is from a run with other data, model or parameters; "
+                         "rerun with the same options, or without --resume.")

@@ -1,0 +1,154 @@
+"""A group-sorted, out-of-core cell store: CSR arrays as raw memory-mapped ``.npy`` files.
+
+Layout of a store directory (written by :func:`perturbcast.data.convert.convert`)::
+
+    store.json    format, genes, keys, normalisation, source files (+ genes missing in each)
+    groups.csv    context, batch, perturbation, start, stop: each group's rows are contiguous
+    obs.parquet   every obs column of the sources (+ ``source``, ``source_row``), store order
+    indptr.npy    int64, shape (n_cells + 1,)
+    indices.npy   int32, shape (nnz,): gene index of each stored value
+    data.npy      float32, shape (nnz,): log1p(total 1e4) expression
+
+Why raw ``.npy`` memory maps and not zarr: a set is a contiguous run of rows, i.e. one slice
+of ``indices`` and ``data``; a memory map returns it with no chunk lookup, decompression or
+copy, at page-cache / disk speed (``benchmarks/loader.py`` measures it against the
+sequential-read limit of the same bytes). Compression would trade that speed for disk space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+STORE_FORMAT = "perturbcast-store"
+STORE_VERSION = 1
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory holding a perturbcast store."""
+    return Path(path).is_dir() and (Path(path) / "store.json").exists()
+
+
+def gather_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray):
+    """CSR pieces of ``rows`` (any order) from (memory-mapped) CSR arrays.
+
+    Returns
+    -------
+    ptr : int64, shape (len(rows) + 1,); ind : int32, shape (nnz,); val : float32, shape (nnz,)
+    """
+    rows = np.asarray(rows, np.int64)
+    starts = np.asarray(indptr[rows], np.int64)
+    lens = np.asarray(indptr[rows + 1], np.int64) - starts
+    ptr = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(lens, out=ptr[1:])
+    if rows.size and np.all(rows[1:] == rows[:-1] + 1):  # one contiguous run: plain slices
+        a, b = int(starts[0]), int(starts[0] + ptr[-1])
+        return ptr, np.asarray(indices[a:b]), np.asarray(data[a:b])
+    pos = np.repeat(starts - ptr[:-1], lens) + np.arange(ptr[-1])
+    return ptr, np.asarray(indices[pos]), np.asarray(data[pos])
+
+
+def csr_to_dense(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, n_cols: int,
+                 cols: np.ndarray | None = None) -> np.ndarray:
+    """Dense float32 rows, shape (len(ptr) - 1, n_cols or len(cols)), from CSR pieces."""
+    n = ptr.size - 1
+    row = np.repeat(np.arange(n), np.diff(ptr))
+    if cols is None:
+        out = np.zeros((n, n_cols), np.float32)
+        out[row, ind] = val
+        return out
+    colmap = np.full(n_cols, -1, np.int64)
+    colmap[cols] = np.arange(cols.size)
+    new = colmap[ind]
+    keep = new >= 0
+    out = np.zeros((n, cols.size), np.float32)
+    out[row[keep], new[keep]] = val[keep]
+    return out
+
+
+class StoreMatrix:
+    """Matrix backend of an :class:`~perturbcast.data.Experiment` read from a store.
+
+    Rows are read on demand from the memory maps; ``row_map`` / ``cols`` make cheap views
+    (subsets of cells / genes) without copying anything.
+
+    Parameters
+    ----------
+    path : store directory
+    row_map : int array, shape (n_rows,), optional: store row of each row of this view
+    cols : int array, shape (n_cols,), optional: store gene of each column of this view
+    """
+
+    isbacked = True
+
+    def __init__(self, path: str | os.PathLike, row_map: np.ndarray | None = None,
+                 cols: np.ndarray | None = None) -> None:
+        self.path = Path(path)
+        self.info = json.loads((self.path / "store.json").read_text())
+        # plain ndarray views of the memory maps: slicing them skips np.memmap's per-slice
+        # bookkeeping (the maps stay open as the views' base)
+        self.indptr, self.indices, self.data = (
+            np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
+            for name in ("indptr", "indices", "data"))
+        self.n_store_genes = len(self.info["genes"])
+        self.row_map, self.cols = row_map, cols
+
+    def __reduce__(self):
+        """Pickle as (path, views): DataLoader workers started with "spawn" reopen the memory
+        maps instead of receiving a copy of the arrays."""
+        return StoreMatrix, (self.path, self.row_map, self.cols)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.indptr.size - 1 if self.row_map is None else self.row_map.size
+        return n, self.n_store_genes if self.cols is None else self.cols.size
+
+    def store_rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, np.int64)
+        return idx if self.row_map is None else self.row_map[idx]
+
+    def csr_rows(self, idx: np.ndarray):
+        """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
+        return gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense float32 rows ``idx``, shape (len(idx), n_cols)."""
+        return csr_to_dense(*self.csr_rows(idx), self.n_store_genes, self.cols)
+
+    def subset(self, idx: np.ndarray) -> StoreMatrix:
+        """View on rows ``idx`` of this view."""
+        return StoreMatrix(self.path, self.store_rows(idx), self.cols)
+
+    def select_columns(self, cols: np.ndarray) -> StoreMatrix:
+        """View on columns ``cols`` of this view."""
+        base = np.arange(self.n_store_genes) if self.cols is None else self.cols
+        return StoreMatrix(self.path, self.row_map, base[np.asarray(cols)])
+
+
+def open_store(path: str | os.PathLike) -> tuple[StoreMatrix, ad.AnnData, pd.DataFrame]:
+    """Open a store: its matrix backend, an obs-only AnnData (X is None) and the group table."""
+    path = Path(path)
+    if not is_store(path):
+        raise InputError(f"{path} is not a perturbcast store (no store.json); create one with "
+                         f"`perturbcast convert IN.h5ad ... --out {path}`.")
+    matrix = StoreMatrix(path)
+    if matrix.info.get("format") != STORE_FORMAT or matrix.info.get("version") != STORE_VERSION:
+        raise InputError(f"{path}/store.json is not a version-{STORE_VERSION} perturbcast store; "
+                         f"convert the h5ad files again with this perturbcast.")
+    obs = pd.read_parquet(path / "obs.parquet")
+    obs.index = obs.pop("obs_name").astype(str).to_numpy()
+    var = pd.DataFrame(index=pd.Index(matrix.info["genes"], dtype=str))
+    return matrix, ad.AnnData(obs=obs, var=var), read_groups(path)
+
+
+def read_groups(path: str | os.PathLike) -> pd.DataFrame:
+    """The group table of a store: context, batch, perturbation, start, stop (row ranges)."""
+    return pd.read_csv(Path(path) / "groups.csv", keep_default_na=False,
+                       dtype={"context": str, "batch": str, "perturbation": str})

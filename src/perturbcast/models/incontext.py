@@ -1,0 +1,261 @@
+"""The in-context tabular model (``incontext``, STACK-like): predicts from example cells.
+
+``fit`` pretrains :class:`~perturbcast.modules.tabular.TabularSetNet` self-supervised (sets
+from one (context, batch, perturbation) group, one gene subset of 10-80% hidden across the
+whole set and reconstructed; the loss counts hidden entries only), then fine-tunes it in
+context: a set is [prompt | query] — prompt = perturbed cells of P shown elsewhere (see
+:mod:`.incontext_sets` for the rule) and their controls, query = control cells of the target
+context — and the query rows are trained to become the real perturbed cells of P in that
+context (energy distance + ``mean_weight`` x squared error of the set means). Prediction needs
+no weight update: any perturbation, even one never trained on, is predicted from prompt cells.
+
+Parameters (all saved with the model)
+-------------------------------------
+n_modules, dim, depth, n_heads : network shape (paper size: 100, 16, 9, 4)
+cross : "module" (attention over cells per module token) or "flat" (over cell vectors)
+head : "gaussian" (log1p) or "nb" (negative binomial on the 1e4-normalised scale)
+prompt_summary, change_skip : the prompt's mean change enters the query rows' tokens / is
+    added to their output with a learned per-gene gain (see
+    :class:`~perturbcast.modules.tabular.TabularSetNet`)
+set_size : pretraining set size and query cells per set; n_prompt : perturbed prompt cells
+    (and as many prompt controls); n_sets : sets per step
+pretrain_steps, finetune_steps, lr, mask_min, mask_max, mean_weight : training
+bank_cells, bank_controls : training cells kept per condition / per context as the default
+    prompt source (saved with the model)
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..data.experiment import Experiment
+from ..errors import InputError, preview
+from ..modules.losses import energy_loss
+from ..modules.tabular import (
+    TabularSetNet,
+    masked_reconstruction_loss,
+    nb_log_likelihood,
+    prompt_mask,
+)
+from ..train.lightning import TrainConfig, train_network
+from ..utils import seed_everything
+from .base import Condition, PerturbationModel
+from .incontext_io import bank_state, experiment_like, prompt_source
+from .incontext_sets import InContextSampler, PretrainSampler, PromptSource, roles
+
+DEFAULTS: dict[str, Any] = dict(
+    n_modules=32, dim=16, depth=4, n_heads=4, cross="module", head="gaussian", prompt_summary=True,
+    change_skip=True, set_size=64,
+    n_prompt=32, n_sets=8, pretrain_steps=200, finetune_steps=300, lr=1e-3, mask_min=0.1,
+    mask_max=0.8, mean_weight=1.0, bank_cells=64, bank_controls=128, show_progress=False,
+)
+CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb")}
+NB_SCALE = 1e4  # counts scale of log1p(total 1e4) data
+NORMALISATION = "log1p(counts / total * 1e4); raw counts are normalised on reading"
+
+
+class InContextModel(PerturbationModel):
+    """See the module docstring."""
+
+    name: ClassVar[str] = "incontext"
+
+    def __init__(self, seed: int = 0, **params: Any) -> None:
+        unknown = set(params) - set(DEFAULTS)
+        if unknown:
+            raise InputError(f"unknown parameter(s) for incontext: {sorted(unknown)}; "
+                             f"known: {', '.join(sorted(DEFAULTS))}.")
+        super().__init__(seed=seed, **{**DEFAULTS, **params})
+        for key, allowed in CHOICES.items():
+            if self.params[key] not in allowed:
+                raise InputError(f"incontext: {key}={self.params[key]!r} is not one of "
+                                 f"{', '.join(allowed)}.")
+        self.net: TabularSetNet | None = None
+        self.bank: dict[str, np.ndarray] = {}
+        self.training_summary: dict[str, Any] = {}
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        return tuple(DEFAULTS)
+
+    def check_can_predict(self, exp: Experiment, perturbations: Iterable[str],
+                          train_mask: np.ndarray | None = None) -> None:
+        """Raise before training when a perturbation would have no prompt among the training
+        cells (the default prompt source): neither its own cells nor, for a combination, cells
+        of one of its singles."""
+        mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
+        seen = set(exp.perturbations[mask]) - {exp.control}
+        bad = sorted(p for p in set(perturbations) if p not in seen and not (
+            len(exp.components(p)) > 1 and seen & set(exp.components(p))))
+        if bad:
+            raise InputError(f"incontext: no prompt cells for {preview(bad, 5)} among the "
+                             "training cells (the default prompt); it predicts from example "
+                             "cells of the same perturbation in other contexts (or of a "
+                             "combination's singles): pass prompt= cells, or use a split where "
+                             "they appear in training in other contexts.")
+
+    # ---- network ---------------------------------------------------------------------------
+    def _new_net(self, n_genes: int) -> TabularSetNet:
+        p = self.params
+        return TabularSetNet(n_genes, p["n_modules"], p["dim"], p["depth"], p["n_heads"],
+                             p["cross"], p["head"], bool(p["prompt_summary"]),
+                             bool(p["change_skip"]))
+
+    def _log1p(self, out: Tensor) -> Tensor:
+        """Network output -> log1p expression."""
+        return out if self.params["head"] == "gaussian" else torch.log1p(out.exp() * NB_SCALE)
+
+    def _run(self, net: TabularSetNet, x: Tensor, n_prompt: int) -> Tensor:
+        """Query rows' predicted log1p profiles: x (n_sets, 2 * n_prompt + n_query, G)."""
+        n = x.shape[1]
+        role = torch.from_numpy(roles(n_prompt, n - 2 * n_prompt))
+        mask = prompt_mask(2 * n_prompt, n - 2 * n_prompt, x.device)
+        return self._log1p(net(x, role.to(x.device), mask=mask))[:, 2 * n_prompt:]
+
+    # ---- losses ----------------------------------------------------------------------------
+    def pretrain_loss(self, net: TabularSetNet, batch: dict[str, Tensor]) -> Tensor:
+        x, hidden = batch["x"], batch["hidden"]
+        out = net(x, hidden=hidden)
+        if self.params["head"] == "gaussian":
+            return masked_reconstruction_loss(out, x, hidden)
+        ll = nb_log_likelihood(torch.expm1(x), out.exp() * NB_SCALE, net.log_theta)
+        w = hidden[:, None, :].expand_as(x).to(x.dtype)
+        return -(ll * w).sum() / w.sum().clamp_min(1.0)
+
+    def finetune_loss(self, net: TabularSetNet, batch: dict[str, Tensor]) -> Tensor:
+        pred = self._run(net, batch["x"], self.params["n_prompt"])
+        real = batch["target"]
+        mean_err = (pred.mean(1) - real.mean(1)).pow(2).sum(-1).mean()
+        return energy_loss(pred, real) + self.params["mean_weight"] * mean_err
+
+    # ---- fitting ---------------------------------------------------------------------------
+    def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
+        p = self.params
+        seed_everything(self.seed)
+        rng = np.random.default_rng(self.seed)
+        idx = np.flatnonzero(mask)
+        x = torch.from_numpy(exp.rows(idx))
+        perts = exp.perturbations[idx].astype(str)
+        ctxs = exp.contexts[idx].astype(str)
+        batches = exp.batches[idx].astype(str) if exp.batches is not None else np.full(
+            idx.size, "")
+        self.net = self._new_net(x.shape[1])
+        meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
+                "vocabulary": self.vocabulary, "contexts": self.contexts}
+
+        keys = np.unique(np.stack([ctxs, batches, perts], 1), axis=0, return_inverse=True)[1]
+        groups = [np.flatnonzero(keys.ravel() == g) for g in range(int(keys.max()) + 1)]
+        pre = PretrainSampler(groups, x.shape[1], p["set_size"], p["mask_min"], p["mask_max"])
+
+        def pre_batch() -> dict[str, Tensor]:
+            cells, hidden = pre.sample(p["n_sets"], rng)
+            return {"x": x[torch.from_numpy(cells)], "hidden": torch.from_numpy(hidden)}
+
+        icl = InContextSampler(perts, ctxs, exp.control, exp.components, p["n_prompt"],
+                               p["set_size"])
+
+        def icl_batch() -> dict[str, Tensor]:
+            rows, targets = icl.sample(p["n_sets"], rng)
+            return {"x": x[torch.from_numpy(rows)], "target": x[torch.from_numpy(targets)]}
+
+        self.training_summary = {"prompt_rules": sorted({c[2] for c in icl.conditions})}
+        for phase, steps, loss, make in (("pretrain", p["pretrain_steps"], self.pretrain_loss,
+                                          pre_batch),
+                                         ("finetune", p["finetune_steps"], self.finetune_loss,
+                                          icl_batch)):
+            if steps <= 0:
+                continue
+            self.net.train()
+            config = TrainConfig(max_steps=steps, lr=p["lr"], show_progress=p["show_progress"],
+                                 warmup_steps=min(100, max(1, steps // 10)),
+                                 steps_per_epoch=min(100, steps))
+            self.training_summary[phase] = train_network(self.net, loss, make, [], config, meta)
+        self.bank = bank_state(exp, idx, perts, ctxs, p["bank_cells"], p["bank_controls"], rng)
+
+    # ---- prediction ------------------------------------------------------------------------
+    def predict(self, exp: Experiment, conditions: Iterable[Condition] | pd.DataFrame,
+                n_cells: int | Mapping[Condition, int] = 100, include_controls: bool = False,
+                prompt: Experiment | ad.AnnData | None = None,
+                prompt_filter: dict[str, object] | None = None) -> ad.AnnData:
+        """As :meth:`PerturbationModel.predict`, with the prompt source.
+
+        Parameters
+        ----------
+        prompt : Experiment or AnnData (read with the model's keys) holding cells of each
+            requested perturbation (and controls); default: the training cells kept with the
+            model (the perturbation in other contexts)
+        prompt_filter : obs column -> value (or list of values): keep only these prompt cells
+        """
+        self._check_fitted()
+        source = prompt_source(self, prompt, prompt_filter)
+        return super().predict(exp, conditions, n_cells, include_controls, prompt=source)
+
+    def _predict_cells(self, x_ctrl: np.ndarray, perturbation: str, context: str,
+                       exp: Experiment, ctrl_pool: np.ndarray, ctrl_idx: np.ndarray | None = None,
+                       prompt: PromptSource | None = None) -> np.ndarray:
+        source = prompt if prompt is not None else prompt_source(self, None, None)
+        rng = np.random.default_rng([self.seed, zlib.crc32(f"{perturbation}|{context}".encode())])
+        n_prompt = self.params["n_prompt"]
+        rows = source.prompt(perturbation, context, n_prompt, rng)
+        n = x_ctrl.shape[0]
+        if n == 0:
+            return x_ctrl.copy()
+        chunks = np.array_split(np.arange(n), int(np.ceil(n / self.params["set_size"])))
+        out = np.empty_like(x_ctrl)
+        with torch.no_grad():
+            for c in chunks:
+                x = torch.from_numpy(np.concatenate([rows, x_ctrl[c]]).astype(np.float32))
+                out[c] = self._run(self.net.eval(), x[None], n_prompt)[0].numpy()
+        return out
+
+    # ---- embeddings ------------------------------------------------------------------------
+    def embed(self, data: Experiment | ad.AnnData, batch_cells: int | None = None) -> np.ndarray:
+        """Cell embeddings, shape (n_cells, n_modules * dim): final cell vectors, each cell
+        encoded in sets of ``set_size`` cells of its own context (no prompt, no mask)."""
+        self._check_fitted()
+        exp = experiment_like(self, data, need_labels=False)
+        gene_idx = self._gene_index(exp)
+        size = batch_cells or self.params["set_size"]
+        rng = np.random.default_rng(self.seed)
+        out = np.zeros((exp.n_cells, self.params["n_modules"] * self.params["dim"]), np.float32)
+        with torch.no_grad():
+            for ctx in exp.context_names():
+                cells = rng.permutation(np.flatnonzero(exp.contexts == ctx))
+                for c in np.array_split(cells, int(np.ceil(cells.size / size))):
+                    x = torch.from_numpy(exp.rows(np.sort(c))[:, gene_idx])
+                    out[np.sort(c)] = self.net.eval().encode(x[None])[0].numpy()
+        return out
+
+    # ---- saving ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {f"bank.{k}": v for k, v in self.bank.items()}
+        state["normalisation"] = np.asarray(NORMALISATION)  # what the network reads
+        for k, v in self.net.state_dict().items():
+            state[f"net.{k}"] = v.detach().cpu().numpy()
+        return state
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        if str(state.get("normalisation", NORMALISATION)) != NORMALISATION:
+            raise InputError("this incontext model was saved with another normalisation "
+                             f"({state['normalisation']}); refit it with this version.")
+        self.bank = {k[5:]: v for k, v in state.items() if k.startswith("bank.")}
+        self.net = self._new_net(len(self.genes))
+        self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
+                                  if k.startswith("net.")})
+        self.net.eval()
+
+    def _save_extra(self, directory: Path) -> None:
+        (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))
+
+    def _load_extra(self, directory: Path) -> None:
+        f = directory / "training.json"
+        self.training_summary = json.loads(f.read_text()) if f.exists() else {}

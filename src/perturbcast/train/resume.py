@@ -1,0 +1,46 @@
+"""Resumable training settings, set around a fit by the CLI (``train --resume``).
+
+Kept apart from :mod:`perturbcast.train.lightning` so setting them does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Resume:
+    """Where resumable training keeps ``last.ckpt``, how often, and whether to continue."""
+
+    directory: Path
+    every_n_steps: int = 50
+    resume: bool = False
+
+    @property
+    def last(self) -> Path:
+        return self.directory / "last.ckpt"
+
+
+_RESUME: ContextVar[Resume | None] = ContextVar("perturbcast_resume", default=None)
+
+
+@contextlib.contextmanager
+def resumable(directory: str | os.PathLike, every_n_steps: int = 50,
+              resume: bool = False) -> Iterator[Resume]:
+    """Make ``train_network`` calls in this block resumable (:mod:`perturbcast.train.lightning`).
+    """
+    token = _RESUME.set(Resume(Path(directory), every_n_steps, resume))
+    try:
+        yield _RESUME.get()
+    finally:
+        _RESUME.reset(token)
+
+
+def current_resume() -> Resume | None:
+    """The settings of the innermost :func:`resumable` block, or None outside one."""
+    return _RESUME.get()

@@ -1,0 +1,106 @@
+"""Who won a benchmark, by how much, and whether that is more than the seed-to-seed spread.
+
+Used by the demo, ``perturbcast benchmark``, report.md and ``benchmarks/bench_tasks.py`` so
+they all say the same thing. A learned model is compared with the best baseline that had the
+same gene table (``embeddings``) as it, or that takes none: a baseline denied the table the
+learned model got would make the comparison unfair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_MODEL = "cell_mean"
+
+
+def _table(value) -> str | None:
+    """A summary's ``embeddings`` cell as a table name, or None (takes none)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return None
+    return str(value)
+
+
+def matched_best_baseline(summary: pd.DataFrame, baselines: Collection[str],
+                          model: str | None = None) -> str | None:
+    """The baseline with the highest VCC score among the eligible ones.
+
+    Eligible: baselines that take no gene table, or whose table equals ``model``'s (``model``
+    None: equals any learned model's; all baselines when no learned model has a table). Ties
+    (e.g. nobody beats cell_mean) go to cell_mean, then to the higher pearson_delta.
+    """
+    tables = {r["model"]: _table(r.get("embeddings")) for r in summary.to_dict("records")}
+    if model is not None:
+        wanted = {tables.get(model)} - {None}
+    else:
+        wanted = {t for m, t in tables.items() if m not in baselines} - {None}
+    base = summary[summary.model.isin(baselines)]
+    if wanted:
+        base = base[[tables[m] is None or tables[m] in wanted for m in base.model]]
+    if base.empty:
+        return None
+    base = base.assign(is_ref=base.model == REFERENCE_MODEL,
+                       pd_=base.pearson_delta.fillna(-np.inf))
+    return str(base.sort_values(["score", "is_ref", "pd_"]).model.iloc[-1])
+
+
+def compare_to_baselines(summary: pd.DataFrame, baselines: Collection[str]) -> pd.DataFrame:
+    """One row per learned model: its VCC score, its best matched baseline's, the difference,
+    the seed spread (sd of the model's score over seeds; NaN with one seed) and whether the
+    difference exceeds that spread (None when not measured).
+
+    Returns
+    -------
+    DataFrame with columns model, n_seeds, score, score_sd, baseline, baseline_score,
+    difference, exceeds_spread
+    """
+    s = summary.set_index("model")
+    out = []
+    for m in s.index:
+        if m in baselines:
+            continue
+        b = matched_best_baseline(summary, baselines, m)
+        if b is None:
+            continue
+        n = int(s.n_seeds[m]) if "n_seeds" in s else 1
+        sd = float(s.score_sd[m]) if "score_sd" in s else float("nan")
+        diff = float(s.score[m] - s.score[b])
+        exceeds = None if n < 2 or np.isnan(sd) else bool(abs(diff) > sd)
+        out.append({"model": m, "n_seeds": n, "score": float(s.score[m]), "score_sd": sd,
+                    "baseline": b, "baseline_score": float(s.score[b]), "difference": diff,
+                    "exceeds_spread": exceeds})
+    return pd.DataFrame(out, columns=["model", "n_seeds", "score", "score_sd", "baseline",
+                                      "baseline_score", "difference", "exceeds_spread"])
+
+
+def _spread(row: dict) -> str:
+    if row["exceeds_spread"] is None:
+        return "1 seed: spread not measured; use --seeds 0,1,2"
+    return f"seed spread ±{row['score_sd']:.3f} over {row['n_seeds']} seeds"
+
+
+def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
+    """A plain-words verdict, e.g. ``transition beats the best baseline additive by +0.120 VCC
+    score (seed spread ±0.030 over 3 seeds; the difference exceeds it)``."""
+    comp = compare_to_baselines(summary, baselines)
+    if comp.empty:
+        best = matched_best_baseline(summary, baselines)
+        if best is None:
+            return "no baseline was run, so there is nothing to compare with."
+        score = float(summary.set_index("model").score[best])
+        return f"baselines only: the best is {best} ({score:.3f} VCC score vs cell_mean)."
+    row = comp.sort_values(["difference", "score"]).iloc[-1].to_dict()
+    m, b, d = row["model"], row["baseline"], row["difference"]
+    if d > 0:
+        if row["exceeds_spread"] is False:
+            return (f"{m} scores {d:+.3f} VCC above the best baseline {b}, within the "
+                    f"{_spread(row)}: not a clear win.")
+        tail = "; the difference exceeds it" if row["exceeds_spread"] else ""
+        return f"{m} beats the best baseline {b} by {d:+.3f} VCC score ({_spread(row)}{tail})."
+    tail = ""
+    if row["exceeds_spread"] is not None:
+        tail = "; the gap exceeds it" if row["exceeds_spread"] else "; within it"
+    return (f"no learned model beats the best baseline {b} ({row['baseline_score']:.3f} VCC "
+            f"score): the closest, {m}, is {d:+.3f} ({_spread(row)}{tail}).")

@@ -1,0 +1,138 @@
+"""evaluate puts predictions and real cells on one scale, scores per context, and its options
+fail with one line."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from perturbcast import InputError, evaluate, get_model, make_split, read_experiment, simulate
+from perturbcast.cli import main
+from perturbcast.eval import Reference
+
+
+@pytest.fixture(scope="module")
+def case():
+    """Raw-count screen (1 context), a cell_mean model and its predictions for fold 0."""
+    a = simulate(n_genes=60, n_singles=6, n_combos=0, n_contexts=1, cells_per_condition=25,
+                 control_cells=60, seed=5)
+    del a.uns["true_effects"]
+    exp = read_experiment(a, "perturbation", "control")
+    fold = make_split(exp, "unseen-perturbation", n_folds=2, seed=0).folds[0]
+    model = get_model("cell_mean").fit(exp, fold.train_mask(exp))
+    pred = model.predict(exp, fold.test, n_cells=30, include_controls=True)
+    keep = fold.test_mask(exp) | exp.is_control
+    return a[keep].copy(), exp.subset(keep).adata, pred, model
+
+
+def _run(args, capsys):
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code or 0
+    cap = capsys.readouterr()
+    return code, cap.err
+
+
+def test_raw_or_normalised_real_file_gives_the_same_scores(case):
+    raw, normalised, pred, _ = case
+    assert pred.uns["perturbcast"]["normalization"]["target_sum"] == 1e4
+    from_raw = evaluate(pred, raw, "perturbation", "control")
+    from_norm = evaluate(pred, normalised, "perturbation", "control")
+    for m, v in from_norm.summary.items():
+        assert from_raw.summary[m] == pytest.approx(v, abs=1e-6, nan_ok=True), m
+    # without the record (a file cell-eval would read) counts keep cell-eval's median rule
+    bare = ad.AnnData(X=pred.X, obs=pred.obs[["perturbation"]], var=pred.var)
+    assert evaluate(bare, raw, "perturbation", "control").summary["mae"] != pytest.approx(
+        from_raw.summary["mae"], abs=1e-3)
+
+
+def test_mismatched_scales_are_refused(case):
+    raw, _, pred, _ = case
+    ref = Reference(raw, "perturbation", "control")  # median library size, no target_sum
+    with pytest.raises(InputError, match="median library size"):
+        evaluate(pred, ref)
+    assert Reference(raw, "perturbation", "control", target_sum=1e4).target_sum == 1e4
+    log1p_input = pred.copy()
+    log1p_input.uns["perturbcast"]["normalization"]["target_sum"] = float("nan")
+    with pytest.raises(InputError, match="unknown total"):
+        evaluate(log1p_input, raw, "perturbation", "control")
+
+
+def test_cli_predict_then_evaluate_on_raw_counts(case, tmp_path, capsys):
+    raw, normalised, _, model = case
+    model.save(tmp_path / "m")
+    full = tmp_path / "data.h5ad"
+    raw.write_h5ad(full)
+    normalised.write_h5ad(tmp_path / "norm.h5ad")
+    assert _run(["predict", "--model", str(tmp_path / "m"), "--data", str(full),
+                 "--perturbations", ",".join(sorted(set(raw.obs.perturbation) - {"control"})),
+                 "--n-cells", "30", "--include-controls", "--out", str(tmp_path / "p.h5ad")],
+                capsys)[0] == 0
+    out = {}
+    for name in ("data", "norm"):
+        code, err = _run(["evaluate", "--pred", str(tmp_path / "p.h5ad"), "--real",
+                          str(tmp_path / f"{name}.h5ad"), "--perturbation-key", "perturbation",
+                          "--control", "control", "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        out[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    for m, v in out["norm"].items():
+        assert out["data"][m] == pytest.approx(v, abs=1e-6, nan_ok=True), m
+
+
+def test_evaluate_bad_inputs_exit_2(case, tmp_path, capsys):
+    raw, _, pred, _ = case
+    pred.write_h5ad(tmp_path / "p.h5ad")
+    raw.write_h5ad(tmp_path / "r.h5ad")
+    (tmp_path / "bad.h5ad").write_bytes(b"not an h5ad at all")
+    base = ["evaluate", "--perturbation-key", "perturbation", "--control", "control",
+            "--out", str(tmp_path / "e")]
+    cases = [(["--pred", str(tmp_path / "p.h5ad"), "--real", str(tmp_path / "r.h5ad"),
+               "--fdr", "bogus"], "--fdr 'bogus'"),
+             (["--pred", str(tmp_path / "bad.h5ad"), "--real", str(tmp_path / "r.h5ad")],
+              "could not read"),
+             (["--pred", str(tmp_path / "p.h5ad"), "--real", str(tmp_path / "nope.h5ad")],
+              "file not found"),
+             (["--pred", str(tmp_path / "p.h5ad"), "--real", str(tmp_path / "r.h5ad"),
+               "--context-key", "cell_line"], "context column 'cell_line'")]
+    for extra, msg in cases:
+        code, err = _run(base + extra, capsys)
+        assert code == 2 and msg in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e").exists()
+
+
+def test_python_evaluate_takes_epsilon(case):
+    raw, _, pred, _ = case
+    plain = evaluate(pred, raw, "perturbation", "control")
+    eps = evaluate(pred, raw, "perturbation", "control", epsilon=0.5)
+    assert not np.allclose(plain.de_real.log2_fold_change, eps.de_real.log2_fold_change)
+    ref = Reference(raw, "perturbation", "control", epsilon=0.5, target_sum=1e4)
+    np.testing.assert_array_equal(ref.de.log2_fold_change, eps.de_real.log2_fold_change)
+
+
+def test_scores_per_perturbation_and_context(sim_adata, sim_exp):
+    fold = make_split(sim_exp, "unseen-perturbation", n_folds=3, seed=0).folds[0]
+    model = get_model("perturbation_mean").fit(sim_exp, fold.train_mask(sim_exp))
+    pred = model.predict(sim_exp, fold.test, n_cells=30, include_controls=True)
+    real = sim_exp.subset(fold.test_mask(sim_exp) | sim_exp.is_control).adata
+    res = evaluate(pred, real, "perturbation", "control")
+    table = res.per_perturbation
+    assert list(table.columns[:1]) == ["context"] and set(table.context) == {"ctx0", "ctx1"}
+    assert len(table) == len(fold.test)
+    assert res.summary["mae"] == pytest.approx(table["mae"].mean())
+    for ctx in ("ctx0", "ctx1"):
+        alone = evaluate(pred[pred.obs.context == ctx], real[real.obs.context == ctx],
+                         "perturbation", "control", context_key="context")
+        assert res.by_context[ctx].summary["mae"] == pytest.approx(alone.summary["mae"])
+        one = Reference(real[real.obs.context == ctx], "perturbation", "control")
+        pooled_one = evaluate(pred[pred.obs.context == ctx], one)
+        assert pooled_one.summary["mae"] == pytest.approx(alone.summary["mae"])
+    # pooling the two contexts (the old behaviour) scores something else
+    pooled = evaluate(ad.AnnData(pred.X, obs=pred.obs[["perturbation"]], var=pred.var,
+                                 uns=pred.uns),
+                      ad.AnnData(real.X, obs=real.obs[["perturbation"]], var=real.var),
+                      "perturbation", "control")
+    assert len(pooled.per_perturbation) < len(table)
