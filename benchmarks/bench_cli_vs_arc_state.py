@@ -61,7 +61,7 @@ def write_data(folder: Path, n_genes: int) -> Path:
 
 
 def ours(bin_dir: Path, data: Path, out: Path, steps: int, args, space: str) -> list[str]:
-    params = dict(space=space, max_steps=steps, patience=10**6, set_size=SET_SIZE,
+    params = dict(space=space, max_steps=steps, max_epochs=None, patience=10**6, set_size=SET_SIZE,
                   n_sets=N_SETS, dim=args.dim, depth=args.depth, n_heads=args.n_heads)
     cmd = [str(bin_dir / "perturbcast"), "train", "--data", str(data), "--perturbation-key",
            "gene", "--control", "control", "--context-key", "cell_type", "--batch-key",

@@ -176,7 +176,7 @@ def end_to_end(args, figures: dict[str, str], console: Console) -> None:
         for space in ("pca", "genes"):
             params = dict(dim=args.dim, depth=args.depth, n_heads=args.n_heads,
                           set_size=args.set_size, n_sets=args.n_sets, max_steps=args.steps,
-                          patience=10**6, space=space)
+                          max_epochs=None, patience=10**6, space=space)
             model = get_model(name, **params)
             t0 = time.perf_counter()
             model.fit(exp)

@@ -29,6 +29,9 @@ from .models.base import PerturbationModel
 from .utils import progress
 from .verdict import REFERENCE_MODEL, compare_to_baselines, matched_best_baseline, verdict_line
 
+# a set model's training choices (``training_summary``), added as columns of ``fits``
+CHOICE_KEYS = ("base", "inner_unit", "steps", "budget_steps", "stopped_early", "n_seeds")
+
 
 @dataclass
 class BenchmarkResult:
@@ -40,9 +43,11 @@ class BenchmarkResult:
         ``score`` (VCC score vs cell_mean), ``<metric>_sd`` (sd over seeds of the per-seed
         fold means; 0 for baselines, which are fitted once; NaN for a learned model run with
         one seed), ``n_seeds`` and ``embeddings`` (the gene table the model used, or empty)
-    per_perturbation : one row per (model, seed, fold, context, perturbation)
+    per_perturbation : one row per (model, seed, fold, context, perturbation); ``spread``
+        (ensembles, ``n_seeds`` > 1) is the members' spread of the predicted mean change
     timings : model -> seconds spent (fit + predict + evaluate), all folds and seeds
-    fits : one row per fitted model: model, seed, fold, fit_s, predict_s (predict + evaluate)
+    fits : one row per fitted model: model, seed, fold, fit_s, predict_s (predict + evaluate),
+        and a set model's training choices (:data:`CHOICE_KEYS`; empty for other models)
     report_data : mean changes, a cell subsample and training curves for the HTML report
         (first seed)
     """
@@ -188,10 +193,16 @@ def run_benchmark(
                         report_data.add(name, fold.name, ctx, model, pred, ref)
                     key = {"model": name, "seed": s, "fold": fold.name, "context": ctx}
                     units.append({**key, **res.summary})
-                    rows.append(res.per_perturbation.reset_index().assign(**key))
+                    table = res.per_perturbation.reset_index().assign(**key)
+                    spread = pred.uns["perturbcast"].get("spread")  # ensembles (n_seeds > 1)
+                    if spread:
+                        table["spread"] = [spread.get(f"{p}|{ctx}") for p in table.perturbation]
+                    rows.append(table)
                 t_end = time.perf_counter()
+                summ = getattr(model, "training_summary", {})
                 fits.append({"model": name, "seed": s, "fold": fold.name,
-                             "fit_s": t_fit - t0, "predict_s": t_end - t_fit})
+                             "fit_s": t_fit - t0, "predict_s": t_end - t_fit,
+                             **{k: summ[k] for k in CHOICE_KEYS if k in summ}})
                 timings[name] += t_end - t0
                 bar.advance(task)
     summary = summarise(pd.DataFrame(units), embeddings)

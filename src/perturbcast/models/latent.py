@@ -71,6 +71,12 @@ class LatentSpace:
         z = xc @ self.components if self.kind == "pca" else xc
         return (z / self.scale).astype(np.float32)
 
+    def encode_change(self, d: np.ndarray) -> np.ndarray:
+        """A change in genes (n, n_genes) -> latent coordinates (n, dim), float32 (linear, so
+        ``encode(x + d) = encode(x) + encode_change(d)``)."""
+        z = d @ self.components if self.kind == "pca" else d
+        return (z / self.scale).astype(np.float32)
+
     def decode_change(self, dz: np.ndarray) -> np.ndarray:
         """A change in latent coordinates (n, dim) -> the change in genes (n, n_genes)."""
         d = dz * self.scale

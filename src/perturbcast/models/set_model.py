@@ -10,10 +10,21 @@ Parameters (all saved with the model)
 space : "pca" (default) or "genes"; n_latent : PCA size
 set_size, n_sets : cells per set and sets per optimiser step
 dim, depth, n_heads : set encoder size
-max_steps, lr, patience, val_fraction : training; validation sets are held-out perturbed
-    cells of every training condition, generated from training controls (``val_controls=
-    "held_out"`` holds out controls too), scored by the error of the set's mean change
-    (+ energy distance with ``val_energy``); the best epoch's weights are kept
+max_epochs, min_steps, max_steps : training budget: ``max_epochs`` passes over the training
+    perturbed cells (an epoch is ``n_cells / (set_size * n_sets)`` steps), at least
+    ``min_steps`` and at most ``max_steps`` steps (``max_epochs=None``: ``max_steps``)
+lr, patience, min_delta, val_fraction : validation sets are held-out perturbed cells of every
+    training condition, generated from training controls (``val_controls="held_out"`` holds
+    out controls too), scored by the error of the set's mean change (+ energy distance with
+    ``val_energy``); training stops after ``patience`` validations without a relative
+    improvement of ``min_delta`` (patience counts validations, one per 100 steps); the best
+    weights are kept
+base, inner_unit, inner_folds : residual on a baseline (``none``, ``auto`` or a baseline name,
+    see :mod:`~perturbcast.models.set_residual`): sets start at the controls plus the base's
+    predicted mean change and the network learns the correction; ``auto`` chooses by inner
+    cross-validation over training conditions
+n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
+    mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
 embeddings : "default" (the built-in human gene table; "train" with a warning when it has no row
     for any training perturbation), "train" (gene features from training data), "none", or a
     table path (csv/parquet/npz); several comma-separated are joined side by side (see
@@ -35,39 +46,44 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from ..data.experiment import Experiment
-from ..data.sets import SetBatch, SetSampler, holdout_cells
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import TrainConfig, rank_share, train_network
+from ..train.lightning import train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
-from .perturbation_features import (
-    PerturbationFeatures,
-    numeric_doses,
-    resolve_embeddings,
-    training_gene_features,
+from .perturbation_features import PerturbationFeatures
+from .set_data import (
+    SetBatches,
+    feature_names,
+    prediction_dose,
+    prediction_sets,
+    prepare,
+    training_budget,
 )
-from .training_rows import TrainingRows
+from .set_ensemble import combine_members, member_resume
+from .set_residual import check_base, choose_base, fit_base
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
-    max_steps=1000, lr=1e-3, patience=5, val_fraction=0.1, embeddings="default", dose_key=None,
-    learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None, show_progress=False,
-    val_energy=False, val_controls="train", memory_budget_gb=4.0,
+    max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
+    val_fraction=0.1, embeddings="default", dose_key=None, base="none", inner_unit="auto",
+    inner_folds=5, n_seeds=1, learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None,
+    show_progress=False, val_energy=False, val_controls="train", memory_budget_gb=4.0,
     devices=1, num_nodes=1, strategy="auto", precision="auto",
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out"),
                              "strategy": ("auto", "ddp", "fsdp", "ddp_spawn"),
-                             "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed")}
+                             "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed"),
+                             "inner_unit": ("auto", "combo", "perturbation", "condition")}
 N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
@@ -90,8 +106,16 @@ class SetModel(PerturbationModel):
             if key in self.params and self.params[key] not in allowed:
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
+        check_base(self.params["base"])
+        if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
+            self.params["max_epochs"] = None
+        if int(self.params["n_seeds"]) < 1:
+            raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
+        self.members: list[ConditionalSetNet] = []
+        self.base_name, self.base_model = "none", None
         self.training_summary: dict[str, Any] = {}
+        self._spread: dict[str, float] = {}
 
     # ---- subclass hooks --------------------------------------------------------------------------
     def arrange(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
@@ -111,7 +135,7 @@ class SetModel(PerturbationModel):
         ``val_energy``."""
         cond = {k: batch[k] for k in COND_KEYS}
         gen = self.generate(net, batch["x0"], cond, None)
-        real_change = batch["x1"].mean(1) - batch["x0"].mean(1)
+        real_change = batch["x1"].mean(1) - (batch["x0"].mean(1) - batch["base"])
         err = (gen.mean(1) - batch["x1"].mean(1)).pow(2).sum(-1).mean()
         loss = err / real_change.pow(2).sum(-1).mean().clamp_min(1e-8)
         if self.params["val_energy"]:
@@ -121,150 +145,57 @@ class SetModel(PerturbationModel):
     # ---- fitting -----------------------------------------------------------------------------
     def check_can_predict(self, exp: Experiment, perturbations, train_mask=None) -> None:
         """Raise before training if a perturbation to predict would have neither a learned
-        embedding (seen in training) nor a feature row (see :meth:`_feature_names`)."""
+        embedding (seen in training) nor a feature row (see :func:`set_data.feature_names`)."""
         mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
         learned = sorted({c for p in set(exp.perturbations[mask]) for c in exp.components(p)})
-        names = self._feature_names(exp, learned)
+        names = feature_names(exp, self.params["embeddings"], learned, self.name)
         PerturbationFeatures(learned, names, np.zeros((len(names), 0), np.float32),
                              exp.separator, exp.control).check(list(perturbations))
-
-    def _feature_names(self, exp: Experiment, learned: list[str]) -> np.ndarray:
-        """Names that will have a feature vector for ``embeddings`` (no training needed)."""
-        genes = exp.genes.astype(str)
-        with warnings.catch_warnings():  # the fit itself announces a switch to "train"
-            warnings.simplefilter("ignore")
-            names, _, _ = resolve_embeddings(
-                self.params["embeddings"], learned,
-                lambda: (genes, np.zeros((len(genes), 0), np.float32)), self.name)
-        return names
 
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
-        idx = np.flatnonzero(mask)
-        x = TrainingRows(exp, idx, p["memory_budget_gb"])
-        perts = exp.perturbations[idx].astype(str)
-        ctxs = exp.contexts[idx].astype(str)
-        batches = exp.batches[idx].astype(str) if exp.batches is not None else None
-        is_ctrl = perts == exp.control
-        self.latent = x.fit_latent(LatentSpace(p["space"], p["n_latent"]), rng)
-
-        groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
-        cond_keys = sorted(groups)
-        cond_cells = [np.flatnonzero(~is_ctrl)[groups[k]] for k in cond_keys]
-        self.context_names = sorted({c for _, c in cond_keys})
-        self.batch_names = sorted(set(batches)) if batches is not None else []
-        ctx_id = {c: i + 1 for i, c in enumerate(self.context_names)}
-        cell_ctx = np.array([ctx_id.get(c, 0) for c in ctxs])
-        cell_batch = (np.searchsorted(self.batch_names, batches) + 1) if batches is not None \
-            else None
-        self.doses = self._training_doses(exp, idx, perts)
-        self.features = self._build_features(exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells)
-        enc = self.features.encode([k[0] for k in cond_keys],
-                                   [self.doses.get(k[0], 0.0) for k in cond_keys])
-        enc["context"] = np.array([ctx_id[k[1]] for k in cond_keys])
-
-        train_cells, val_cells = holdout_cells(cond_cells, p["val_fraction"], rng)
-        ctrl_groups = [np.flatnonzero(is_ctrl & (cell_ctx == c)) for c in np.unique(cell_ctx)]
-        if p["val_controls"] == "held_out":
-            ctrl_train, ctrl_val = holdout_cells(ctrl_groups, p["val_fraction"], rng)
-        else:  # validation sets start from training controls, as predictions in a benchmark do
-            ctrl_train = ctrl_val = ctrl_groups
-
-        def sampler(cells: list[np.ndarray], ctrl: list[np.ndarray], keep: np.ndarray):
-            is_c = np.zeros(len(idx), bool)
-            is_c[np.concatenate(ctrl)] = True
-            return SetSampler([cells[i] for i in keep], enc["context"][keep], cell_ctx,
-                              cell_batch, is_c, p["set_size"])
-
-        all_conds = np.arange(len(cond_keys))
-        train_sampler = sampler(train_cells, ctrl_train, all_conds)
-        val_keep = np.array([i for i, v in enumerate(val_cells) if v.size], int)
-        has_val_ctrl = all(c.size for c in ctrl_val)
-        enc_t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.items()}
-
-        def make(smp: SetSampler, keep: np.ndarray, r: np.random.Generator, drop: float,
-                 share: bool = False):
-            b = smp.sample(p["n_sets"], r)  # the global batch, drawn alike on every rank
-            b.condition = keep[b.condition]
-            n = len(b.condition)
-            ctx_keep = r.random(n) >= drop if drop > 0 else np.ones(n, bool)
-            batch_keep = r.random(n) >= drop if drop > 0 else np.ones(n, bool)
-            if share:  # DDP: this rank's equal, disjoint share of the global batch
-                mine = rank_share(n)
-                b = SetBatch(b.ctrl[mine], b.pert[mine], b.condition[mine], b.batch[mine])
-                ctx_keep, batch_keep = ctx_keep[mine], batch_keep[mine]
-            return self._batch_tensors(b, x, enc_t, ctx_keep, batch_keep)
-
-        self.net = self._new_net(x.dim)
-        val_batches = []
-        if val_keep.size and has_val_ctrl:
-            val_sampler = sampler(val_cells, ctrl_val, val_keep)
-            vr = np.random.default_rng(self.seed + 1)
-            val_batches = [make(val_sampler, val_keep, vr, 0.0) for _ in range(N_VAL_BATCHES)]
-        else:
+        data = prepare(exp, mask, p, self.seed, rng, self.name)
+        self.latent, self.features, self.doses = data.latent, data.features, data.doses
+        self.embeddings_used = data.embeddings_used
+        self.context_names, self.batch_names = data.context_names, data.batch_names
+        self.base_name, oof, base_summary = choose_base(
+            p["base"], exp, mask, data.cond_keys, p["inner_unit"], p["inner_folds"], self.seed)
+        self.base_model = (None if self.base_name == "none" else
+                           fit_base(self.base_name, exp, mask, self.seed))
+        data.enc["base"] = self.latent.encode_change(oof)
+        sets = SetBatches(data, p, self.arrange, rng)
+        val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
+        config, budget = training_budget(p, sets.n_train_perturbed)
+        if not val_batches:
             warnings.warn(f"{self.name}: no validation cells (val_fraction={p['val_fraction']}, "
                           f"groups too small to hold any out), so no early stopping: training "
-                          f"runs all max_steps={p['max_steps']} and keeps the last weights.",
+                          f"runs all {config.max_steps} steps and keeps the last weights.",
                           stacklevel=3)
-        config = TrainConfig(max_steps=p["max_steps"], lr=p["lr"], patience=p["patience"],
-                             checkpoint_dir=p["checkpoint_dir"], show_progress=p["show_progress"],
-                             warmup_steps=min(100, max(1, p["max_steps"] // 10)),
-                             steps_per_epoch=min(100, p["max_steps"]), devices=p["devices"],
-                             num_nodes=p["num_nodes"], strategy=p["strategy"],
-                             precision=p["precision"])
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
-        self.training_summary = train_network(
-            self.net, self.loss, lambda: make(train_sampler, all_conds, rng,
-                                              p["context_dropout"], True), val_batches, config,
-            meta, self.validation_loss, sampler_rng=rng)
-        self.training_summary["data_mode"] = x.mode
-
-    def _batch_tensors(self, b: SetBatch, x: TrainingRows, enc: dict[str, Tensor],
-                       ctx_keep: np.ndarray, batch_keep: np.ndarray) -> dict[str, Tensor]:
-        x0, x1 = x.z(b.ctrl), x.z(b.pert)
-        order = self.arrange(x0, x1)
-        x1 = np.take_along_axis(x1, np.asarray(order)[..., None], axis=1)
-        cond = torch.from_numpy(b.condition)
-        out = {k: v[cond] for k, v in enc.items()}
-        batch = torch.from_numpy(np.maximum(b.batch, 0))
-        out["context"] = out["context"] * torch.from_numpy(ctx_keep)
-        out["batch"] = batch * torch.from_numpy(batch_keep)
-        out["x0"] = torch.from_numpy(np.ascontiguousarray(x0))
-        out["x1"] = torch.from_numpy(np.ascontiguousarray(x1))
-        return out
-
-    def _training_doses(self, exp: Experiment, idx: np.ndarray, perts: np.ndarray):
-        key = self.params["dose_key"]
-        if key is None:
-            return {}
-        if key not in exp.adata.obs:
-            raise InputError(f"{self.name}: dose_key {key!r} is not an obs column; pass an obs "
-                             f"column of numeric doses, or dose_key=None.")
-        dose = numeric_doses(exp.adata.obs[key].to_numpy()[idx], key)
-        return pd.Series(dose).groupby(perts).median().fillna(0.0).to_dict()
-
-    def _build_features(self, exp, x, perts, ctxs, is_ctrl, cond_keys, cond_cells):
-        learned = sorted({c for k in cond_keys for c in exp.components(k[0])})
-
-        def train_table() -> tuple[np.ndarray, np.ndarray]:
-            ctrl_mean = {c: x.mean(np.flatnonzero(is_ctrl & (ctxs == c)))
-                         for c in np.unique(ctxs[is_ctrl])}
-            glob = x.mean(np.flatnonzero(is_ctrl))
-            deltas = np.stack([x.mean(cells) - ctrl_mean.get(k[1], glob)
-                               for k, cells in zip(cond_keys, cond_cells, strict=True)])
-            ctrl = np.flatnonzero(is_ctrl)
-            ctrl = ctrl[np.random.default_rng(self.seed).permutation(ctrl.size)[:5000]]
-            names = exp.genes.astype(str)
-            return names, training_gene_features(names, deltas, x.read(ctrl))
-
-        names, vecs, self.embeddings_used = resolve_embeddings(
-            self.params["embeddings"], learned, train_table, self.name)
-        if vecs.size:
-            vecs = vecs / (vecs.std() + 1e-12)
-        return PerturbationFeatures(learned, names, vecs, exp.separator, exp.control)
+        self.members, runs = [], []
+        for m in range(p["n_seeds"]):
+            seed_everything(self.seed + m)
+            r = rng if m == 0 else np.random.default_rng(self.seed + m)
+            net = self._new_net(self.latent.dim)
+            if self.base_model is not None:  # zero correction: the prediction is the base's
+                torch.nn.init.zeros_(net.shift.weight)
+            if config.max_steps > 0:
+                if p["checkpoint_dir"] and p["n_seeds"] > 1:
+                    config.checkpoint_dir = str(Path(p["checkpoint_dir"]) / f"member{m}")
+                with member_resume(m):
+                    runs.append(train_network(net, self.loss, lambda r=r: sets.train_batch(r),
+                                              val_batches, config, meta, self.validation_loss,
+                                              sampler_rng=r))
+            else:
+                runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
+            self.members.append(net.cpu().eval())
+        self.net = self.members[0]
+        self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
+                                 "member_steps": [r["steps"] for r in runs],
+                                 "data_mode": data.rows.mode}
 
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
@@ -274,33 +205,34 @@ class SetModel(PerturbationModel):
                                  p["learned_dropout"])
 
     # ---- prediction ----------------------------------------------------------------------------
+    def predict(self, *args: Any, **kwargs: Any) -> ad.AnnData:
+        """See :meth:`PerturbationModel.predict`; ``uns["perturbcast"]["spread"]`` holds, per
+        ``"perturbation|context"``, the spread of the ensemble members' predicted mean change
+        (root mean over genes of its variance across members; 0 with one member)."""
+        self._spread = {}
+        out = super().predict(*args, **kwargs)
+        out.uns["perturbcast"]["spread"] = dict(self._spread)
+        return out
+
+    def prediction_spread(self) -> dict[str, float]:
+        """The members' spread per ``"perturbation|context"`` of the last :meth:`predict`."""
+        return dict(self._spread)
+
     def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
-        dose = self._dose(exp, perturbation, context)
+        dose = prediction_dose(exp, self.params["dose_key"], perturbation, context, self.doses,
+                               self.name)
         enc = self.features.encode([perturbation], [dose])  # raises for an unknown perturbation
         n = x_ctrl.shape[0]
         if n == 0:
             return x_ctrl.copy()
-        size = self.params["set_size"]
-        use_batch = exp.batches is not None and ctrl_idx is not None and bool(self.batch_names)
-        cell_batch = exp.batches[ctrl_idx].astype(str) if use_batch else np.zeros(n, str)
-        if self.batch_names and not use_batch:
-            warnings.warn(f"{self.name}: the model was trained with batches but the input has "
-                          f"no batch key; every set is predicted as batch 'unknown'.",
-                          stacklevel=3)
-        unknown = sorted(map(str, set(cell_batch) - set(self.batch_names))) if use_batch else []
-        if unknown:
-            warnings.warn(f"{self.name}: batch(es) {unknown[:5]} were not in training; their "
-                          f"sets are predicted as batch 'unknown'.", stacklevel=3)
-        sets, set_batch = [], []
-        for name in np.unique(cell_batch):
-            g = np.flatnonzero(cell_batch == name)
-            for chunk in np.array_split(g, int(np.ceil(g.size / size))):
-                sets.append(chunk)
-                set_batch.append(self._batch_id(name if use_batch else None))
-        width = max(s.size for s in sets)
+        sets, set_batch = prediction_sets(exp, ctrl_idx, n, self.params["set_size"],
+                                          self.batch_names, self._batch_id, self.name)
         z = self.latent.encode(x_ctrl)
-        x0 = np.zeros((len(sets), width, z.shape[1]), np.float32)
-        mask = np.zeros((len(sets), width), bool)
+        base = None if self.base_model is None else self.base_model.delta(perturbation, context)
+        if base is not None:
+            z = z + self.latent.encode_change(base[None, :])
+        x0 = np.zeros((len(sets), max(s.size for s in sets), z.shape[1]), np.float32)
+        mask = np.zeros(x0.shape[:2], bool)
         for i, s in enumerate(sets):
             x0[i, :s.size] = z[s]
             mask[i, :s.size] = True
@@ -311,14 +243,20 @@ class SetModel(PerturbationModel):
         cond = {k: torch.from_numpy(np.repeat(v, len(sets), axis=0)) for k, v in enc.items()}
         cond["context"] = torch.full((len(sets),), ctx, dtype=torch.long)
         cond["batch"] = torch.as_tensor(set_batch, dtype=torch.long)
-        torch.manual_seed(self.seed)
-        with torch.no_grad():
-            z1 = self.generate(self.net.eval(), torch.from_numpy(x0), cond,
-                               torch.from_numpy(mask)).numpy()
-        out = np.empty_like(z)
-        for i, s in enumerate(sets):
-            out[s] = z1[i, :s.size]
-        return x_ctrl + self.latent.decode_change(out - z)
+        changes = []  # per member: each cell's latent change from its (shifted) start
+        for net in self.members:
+            torch.manual_seed(self.seed)
+            with torch.no_grad():
+                z1 = self.generate(net.eval(), torch.from_numpy(x0), cond,
+                                   torch.from_numpy(mask)).numpy()
+            out = np.empty_like(z)
+            for i, s in enumerate(sets):
+                out[s] = z1[i, :s.size]
+            changes.append(out - z)
+        change, self._spread[f"{perturbation}|{context}"] = combine_members(changes,
+                                                                             self.latent)
+        pred = x_ctrl + self.latent.decode_change(change)
+        return pred if base is None else pred + base[None, :].astype(np.float32)
 
     def _batch_id(self, name) -> int:
         """1-based id of a training batch; 0 ('unknown') for None or an unseen batch."""
@@ -326,33 +264,24 @@ class SetModel(PerturbationModel):
             return 0
         return self.batch_names.index(str(name)) + 1
 
-    def _dose(self, exp: Experiment, pert: str, ctx: str) -> float:
-        key = self.params["dose_key"]
-        if key is None:
-            return 0.0
-        if key in exp.adata.obs:
-            sel = (exp.perturbations == pert) & (exp.contexts == ctx)
-            if sel.any():
-                d = numeric_doses(exp.adata.obs[key].to_numpy()[sel], key)
-                if np.isfinite(d).any():
-                    return float(np.nanmedian(d))
-        if pert not in self.doses:
-            warnings.warn(f"{self.name}: no dose for {pert!r} (obs[{key!r}] of the input, or "
-                          f"training); predicting it at dose 0.", stacklevel=3)
-        return float(self.doses.get(pert, 0.0))
-
     # ---- saving --------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
         state = {**self.latent.state(), **self.features.state(),
                  "context_names": np.asarray(self.context_names, dtype=str),
                  "batch_names": np.asarray(self.batch_names, dtype=str),
                  "dose_names": np.asarray(list(self.doses), dtype=str),
-                 "dose_values": np.asarray(list(self.doses.values()), np.float64)}
-        for k, v in self.net.state_dict().items():
-            state[f"net.{k}"] = v.detach().cpu().numpy()
+                 "dose_values": np.asarray(list(self.doses.values()), np.float64),
+                 "base_name": np.asarray(self.base_name)}
+        for m, net in enumerate(self.members):  # member 0 as "net.", the others "net1." ...
+            for k, v in net.state_dict().items():
+                state[f"net{m or ''}.{k}"] = v.detach().cpu().numpy()
+        if self.base_model is not None:
+            state.update({f"base.{k}": v for k, v in self.base_model._state().items()})
         return state
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        from . import get_model_class
+
         self.latent = LatentSpace.from_state(state)
         self.features = PerturbationFeatures.from_state(state, self.keys["separator"],
                                                         self.keys["control"])
@@ -360,10 +289,21 @@ class SetModel(PerturbationModel):
         self.batch_names = list(state["batch_names"].astype(str))
         self.doses = dict(zip(state["dose_names"].astype(str), state["dose_values"].tolist(),
                               strict=True))
-        self.net = self._new_net(self.latent.dim)
-        self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
-                                  if k.startswith("net.")})
-        self.net.eval()
+        self.members = []
+        for m in range(int(self.params["n_seeds"])):
+            net = self._new_net(self.latent.dim)
+            prefix = f"net{m or ''}."
+            net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in state.items()
+                                 if k.startswith(prefix)})
+            self.members.append(net.eval())
+        self.net = self.members[0]
+        self.base_name = str(state.get("base_name", "none"))
+        if self.base_name != "none":
+            base = get_model_class(self.base_name)(seed=self.seed)
+            base.genes, base.keys = self.genes, self.keys
+            base.vocabulary, base.contexts = self.vocabulary, self.contexts
+            base._set_state({k[5:]: v for k, v in state.items() if k.startswith("base.")})
+            self.base_model = base
 
     def _save_extra(self, directory: Path) -> None:
         (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))

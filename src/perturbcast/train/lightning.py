@@ -6,7 +6,8 @@ sets: the per-cell training loss of flow matching keeps falling on training cell
 model memorises them, and is a poor guide to the quality of generated sets), and two batch
 makers (training draws fresh random sets each step; validation batches are fixed once, so the
 validation loss is comparable between epochs). The best weights by validation loss are
-restored at the end. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` go to
+restored at the end; early stopping counts epochs without a significant (relative
+``min_delta``) improvement. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` go to
 ``lightning.Trainer`` (DDP / FSDP on several GPUs or nodes; under torchrun or SLURM, Lightning
 reads the ranks from the environment); :func:`rank_share` gives each rank its slice of a
 global batch. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
@@ -52,7 +53,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    patience: int = 5  # epochs without validation improvement before stopping
+    patience: int = 5  # epochs without a significant validation improvement before stopping
+    min_delta: float = 0.01  # significant: below (1 - min_delta) x the best loss so far
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto": bf16-mixed on CUDA, else 32-true
     devices: int | str = 1  # processes per node ("auto": all accelerators)
@@ -124,6 +126,9 @@ class SetTrainingModule(L.LightningModule):
         self.best_loss = math.inf
         self.best_state: dict[str, Tensor] | None = None
         self.history: list[float] = []
+        self.reference = math.inf  # the last significantly better loss
+        self.wait = 0
+        self.stopped_early = False
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         state = getattr(self, "pending_torch_rng", None)
@@ -149,6 +154,13 @@ class SetTrainingModule(L.LightningModule):
         if loss < self.best_loss:
             self.best_loss = loss
             self.best_state = copy.deepcopy(self.net.state_dict())
+        if loss < self.reference * (1 - self.config.min_delta):
+            self.reference, self.wait = loss, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.config.patience:
+                self.stopped_early = True
+                self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perturbcast"] = self.meta
@@ -157,6 +169,8 @@ class SetTrainingModule(L.LightningModule):
             checkpoint["perturbcast_resume"] = {
                 "best_loss": self.best_loss, "best_state": self.best_state,
                 "history": list(self.history), "torch_rng": torch.get_rng_state(),
+                "reference": self.reference, "wait": self.wait,
+                "stopped_early": self.stopped_early,
                 "val_loss": self.trainer.callback_metrics.get("val_loss"),
                 "sampler_rng": stream.state_before(int(checkpoint["global_step"]))}
 
@@ -166,6 +180,8 @@ class SetTrainingModule(L.LightningModule):
             return
         self.best_loss, self.best_state = state["best_loss"], state["best_state"]
         self.history = list(state["history"])
+        self.reference, self.wait = state["reference"], state["wait"]
+        self.stopped_early = state["stopped_early"]
         # set just before the next step: creating the data iterator draws from torch's RNG
         self.pending_torch_rng = state["torch_rng"]
         self.pending_val_loss = state["val_loss"]  # early stopping reads it at epoch end
@@ -230,17 +246,19 @@ class _ResumeCheckpoint(L.Callback):
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
                   val_fn: LossFn | None = None, sampler_rng=None) -> dict[str, Any]:
-    """Train ``net`` in place; returns a summary (steps, best/last validation loss, epochs).
+    """Train ``net`` in place; returns a summary (steps, epochs, whether it stopped early,
+    best/last validation loss).
 
-    ``sampler_rng`` (numpy Generator used by ``make_batch``) is saved in resumable checkpoints.
+    Early stopping: after ``patience`` epochs in which the validation loss did not fall below
+    ``(1 - min_delta)`` times the last such improvement, training stops (the best weights, by
+    any improvement, are restored). ``sampler_rng`` (numpy Generator used by ``make_batch``)
+    is saved in resumable checkpoints.
     """
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
     resume = current_resume()
     callbacks: list[L.Callback] = []
     if resume is not None:
         callbacks.append(_ResumeCheckpoint(resume, config.steps_per_epoch))
-    if val_batches:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping("val_loss", patience=config.patience))
     if config.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
             config.checkpoint_dir, monitor="val_loss" if val_batches else None, save_top_k=1,
@@ -274,7 +292,9 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
     net.cpu().eval()
-    return {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+    epochs = len(module.history) or int(trainer.current_epoch)
+    return {"steps": int(trainer.global_step), "epochs": epochs,
+            "stopped_early": module.stopped_early,
             "best_val_loss": module.best_loss, "last_val_loss": last,
             "val_loss_per_epoch": module.history}
 
