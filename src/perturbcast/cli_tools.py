@@ -1,0 +1,166 @@
+"""Commands around the models: ``atlas`` (and the in-silico screen), ``simulate``,
+``convert``, ``report`` and ``gene-vectors``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_options import (
+    Backed,
+    BatchKey,
+    Control,
+    CtxKey,
+    Layer,
+    Overwrite,
+    PertKey,
+    Seed,
+    _check_out,
+    _read,
+    err,
+    out,
+)
+
+
+def atlas(
+    model_dir: Annotated[Path, typer.Option("--model", help="Saved model folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".h5ad with control cells.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Atlas .h5ad to write (summary CSV "
+                                           "beside it).")],
+    perturbations: Annotated[str, typer.Option(
+        "--perturbations", help="Comma list, @file (one per line) or 'all' (model "
+        "vocabulary).")] = "all",
+    contexts: Annotated[str, typer.Option(
+        "--contexts", help="Comma list, @file or 'all' (every context with controls).")] = "all",
+    n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
+    rank_by: Annotated[Path | None, typer.Option(
+        "--rank-by", help="In-silico screen target: signature (.json {up, down} or .csv "
+        "gene,direction) or population (.h5ad); writes <out>.ranked.csv.")] = None,
+    target_cells: Annotated[int, typer.Option(
+        "--target-cells", help="Population targets: cells per side in the energy "
+        "distance.")] = 500,
+    target_context_key: Annotated[str | None, typer.Option(
+        "--target-context-key", help="Population targets: obs column of contexts; each "
+        "context is scored against its own target cells.")] = None,
+    change_threshold: Annotated[float, typer.Option(
+        "--change-threshold", help="|mean change| (log1p) counted as a changed gene.")] = 0.5,
+    include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
+    top: Annotated[int, typer.Option("--top", help="Ranked rows to print.")] = 20,
+    layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
+) -> None:
+    """Predict a perturbation x context grid, streamed to one .h5ad; optionally rank it."""
+    _check_out(out_file, overwrite, is_dir=False)
+    from .atlas import parse_names, predict_atlas, print_ranked, read_target
+    from .models.base import PerturbationModel
+
+    m = PerturbationModel.load(model_dir)
+    k = m.keys
+    exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
+                backed, min_cells=1)
+    perts = parse_names(perturbations, m.vocabulary, "perturbations")
+    ctxs = parse_names(contexts, sorted(set(exp.contexts[exp.is_control])), "contexts")
+    scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed,
+                         context_key=target_context_key) if rank_by else None
+    res = predict_atlas(m, exp, perts, ctxs, n_cells, out_file, scorer=scorer,
+                        change_threshold=change_threshold, include_controls=include_controls)
+    err.print(f"wrote {res.path} ({len(res.summary)} conditions x {n_cells} cells) and "
+              f"{res.summary_path}")
+    if res.ranked is not None:
+        print_ranked(res.ranked, out, top)
+        err.print(f"wrote {res.ranked_path}")
+
+
+def simulate(
+    out_file: Annotated[Path, typer.Option("--out", help=".h5ad to write.")],
+    seed: Seed = 0,
+    n_genes: Annotated[int, typer.Option("--n-genes")] = 300,
+    n_contexts: Annotated[int, typer.Option("--n-contexts")] = 3,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a simulated screen (raw counts) to try the other commands on."""
+    _check_out(out_file, overwrite, is_dir=False)
+    from .datasets import simulate as sim
+    from .utils import atomic_path
+
+    adata = sim(seed=seed, n_genes=n_genes, n_contexts=n_contexts)
+    del adata.uns["true_effects"]
+    with atomic_path(out_file) as tmp:
+        adata.write_h5ad(tmp)
+    err.print(f"wrote {out_file}: {adata.n_obs} cells x {adata.n_vars} genes "
+              f"(obs: perturbation, context, batch; control label 'control')")
+
+
+def convert(
+    inputs: Annotated[list[Path], typer.Argument(help="Input .h5ad file(s).")],
+    perturbation_key: PertKey, control: Control,
+    out_dir: Annotated[Path, typer.Option("--out", help="Store folder to write.")],
+    context_key: CtxKey = None, batch_key: BatchKey = None,
+    join: Annotated[str, typer.Option("--join", help="Genes of several files: inner "
+                                      "(intersection) or outer (union; missing genes "
+                                      "recorded per file).")] = "inner",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read at a time.")]
+    = 16384,
+    seed: Seed = 0, overwrite: Overwrite = False,
+) -> None:
+    """Stream h5ad files into a group-sorted out-of-core store (read it with --data STORE)."""
+    from .data.convert import convert as run_convert
+
+    _check_out(out_dir, overwrite, is_dir=True)
+
+    path = run_convert(inputs, out_dir, perturbation_key, control, context_key, batch_key,
+                       join=join, chunk_size=chunk_size, seed=seed)
+    info = json.loads((path / "store.json").read_text())
+    err.print(f"wrote {path}: {info['n_cells']} cells x {len(info['genes'])} genes, "
+              f"{info['nnz']} stored values")
+
+
+def report(
+    directory: Annotated[Path, typer.Argument(help="A benchmark or demo output folder.")],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write report.html (one self-contained page with figures) from a benchmark folder."""
+    from .eval.html_report import REPORT_NAME, write_html_report
+
+    if directory.is_dir():
+        _check_out(directory / REPORT_NAME, overwrite, is_dir=False)
+
+    err.print(f"wrote {write_html_report(directory)}")
+
+
+def gene_vectors(
+    gene2go: Annotated[Path, typer.Option("--gene2go", help="GO annotations .tsv(.gz): "
+                                          "symbol, go_id.")],
+    out_file: Annotated[Path, typer.Option("--out", help=".npz table to write.")],
+    genes: Annotated[Path | None, typer.Option("--genes", help="Gene table .tsv(.gz): symbol, "
+                                               "aliases ('|'-joined); adds former symbols.")]
+    = None,
+    parents: Annotated[Path | None, typer.Option("--go-parents", help="GO DAG .tsv(.gz): "
+                                                 "child, parent, relationship.")] = None,
+    dim: Annotated[int, typer.Option("--dim", help="Vector size.")] = 64,
+    fill: Annotated[Path | None, typer.Option("--fill", help="Instead write this table "
+                                              "(csv/parquet/npz), with the genes it lacks filled "
+                                              "in from their GO vectors.")] = None,
+    seed: Seed = 0, overwrite: Overwrite = False,
+) -> None:
+    """Build gene vectors from GO annotations, for --param embeddings=TABLE."""
+    _check_out(out_file, overwrite, is_dir=False)
+    from .datasets.priors import fill_missing, go_gene_vectors, save_table
+    from .models.perturbation_features import load_embedding_table
+
+    names, vec = go_gene_vectors(gene2go, genes, parents, n_components=dim, seed=seed)
+    if fill is not None:
+        names, vec = fill_missing(load_embedding_table(fill), (names, vec))
+    save_table(out_file, names, vec)
+    err.print(f"wrote {out_file}: {len(names)} names x {vec.shape[1]} dims")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the command line."""
+    app.command()(atlas)
+    app.command()(simulate)
+    app.command()(convert)
+    app.command()(report)
+    app.command("gene-vectors")(gene_vectors)
