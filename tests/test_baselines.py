@@ -100,7 +100,10 @@ def test_additive_beats_control_on_combos(sim_exp):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_save_load_roundtrip(name, sim_exp, tmp_path):
     split = make_split(sim_exp, "unseen-perturbation", n_folds=2, seed=0)
-    params = {"incontext": dict(pretrain_steps=3, finetune_steps=3)}.get(name, {})
+    small_set = dict(max_epochs=None, max_steps=20, min_steps=1, dim=16, depth=1, n_heads=2,
+                     set_size=16, n_sets=4)  # save/load is under test here, not quality
+    params = {"incontext": dict(pretrain_steps=3, finetune_steps=3), "flow": small_set,
+              "transition": small_set}.get(name, {})
     m = get_model(name, seed=3, **params).fit(sim_exp, split.folds[0].train_mask(sim_exp))
     conds = split.folds[0].test[:3]
     # incontext sees a perturbation it never trained on only through prompt cells
