@@ -43,7 +43,8 @@ def test_demo_writes_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(perturbcast.datasets, "simulate", lambda seed: simulate(
         n_genes=80, n_singles=8, n_combos=4, n_contexts=2, cells_per_condition=30,
         control_cells=80, seed=seed))
-    monkeypatch.setattr(demo, "DEMO_PARAMS", {m: TINY for m in ("flow", "transition")})
+    monkeypatch.setattr(demo, "DEMO_PARAMS", {"flow": TINY, "transition": TINY, "incontext":
+                                              dict(TINY_INCONTEXT, n_heads=2, set_size=8)})
     code, out, err = run(["demo", "--out", str(tmp_path / "demo")], capsys)
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "demo" / "summary.csv")
@@ -160,6 +161,7 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
 
 
 TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8)
+TINY_INCONTEXT = dict(pretrain_steps=3, finetune_steps=3, n_modules=4, dim=8, depth=1)
 TINY_PARAMS = ["--param", "dim=32", "--param", "depth=1", "--param", "n_heads=2",
                "--param", "max_steps=40", "--param", "set_size=16", "--param", "n_latent=8"]
 
@@ -202,7 +204,9 @@ def _sim_args(sim_file):
 def test_benchmark_runs_every_model_by_default(tmp_path, sim_file, capsys):
     tiny = [f"--param={k}={v}" for k, v in TINY.items()]
     code, out, err = run(["benchmark", *_sim_args(sim_file), "--split", "combo", "--n-folds",
-                          "2", *tiny, "--param", "flow.steps=2", "--out", str(tmp_path / "a")],
+                          "2", *tiny, "--param", "flow.steps=2",
+                          *[f"--param=incontext.{k}={v}" for k, v in TINY_INCONTEXT.items()],
+                          "--out", str(tmp_path / "a")],
                          capsys)
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "a" / "summary.csv")
