@@ -63,9 +63,13 @@ class SetAttention(nn.Module):
         b, s, d = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.n_heads, d // self.n_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (b, heads, s, head_dim)
-        attn_mask = None if mask is None else mask[:, None, None, :]
+        attn_mask = None if mask is None else self.attention_mask(mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(b, s, d))
+
+    def attention_mask(self, mask: Tensor) -> Tensor:
+        """The (n_sets, set_size) key mask as an attention mask, shape (n_sets, 1, 1, set_size)."""
+        return mask[:, None, None, :]
 
 
 class SetBlock(nn.Module):

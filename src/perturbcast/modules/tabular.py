@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import RMSNorm, SwiGLU
+from .blocks import RMSNorm, SetAttention, SwiGLU
 
 ROLE_CONTROL, ROLE_PERTURBED, ROLE_QUERY = 0, 1, 2
 
 
-class TokenAttention(nn.Module):
+class TokenAttention(SetAttention):
     """Multi-head self-attention over the second-to-last axis.
 
     Parameters
@@ -39,23 +39,10 @@ class TokenAttention(nn.Module):
     mask : Tensor of bool, shape (batch, length, length) or (length, length); True = may attend
     """
 
-    def __init__(self, dim: int, n_heads: int) -> None:
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"width {dim} must be divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        b, s, d = x.shape
-        q, k, v = self.qkv(x).view(b, s, 3, self.n_heads, d // self.n_heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        attn_mask = None
-        if mask is not None:
-            attn_mask = mask[None, None] if mask.dim() == 2 else mask[:, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out(y.transpose(1, 2).reshape(b, s, d))
+    def attention_mask(self, mask: Tensor) -> Tensor:
+        """A pairwise mask, shape (length, length) or (batch, length, length), broadcast over
+        heads."""
+        return mask[None, None] if mask.dim() == 2 else mask[:, None]
 
 
 class TabularBlock(nn.Module):
