@@ -5,7 +5,9 @@ model (VCC score, pearson_delta, discrimination_score_l1, overlap_at_N, mae as m
 the seeds; baselines are deterministic and run once) and the verdict of
 :meth:`~perturbcast.benchmark.BenchmarkResult.verdict`; then one line of key=value figures:
 seconds per task, each task's best baseline and its score, and for every learned model its
-score, its sd, its difference from its best baseline and whether that exceeds the seed spread.
+score, its sd, its difference from its best baseline and whether that exceeds the seed spread;
+for ensembles (``--param n_seeds=3``), the Spearman correlation between the members' spread
+and the per-perturbation mae.
 
     python benchmarks/bench_tasks.py [--models a,b,...|baselines|learned|all] [--seeds 0,1,2]
         [--tasks t1,t2] [--param KEY=VALUE ...]  # as the CLI: MODEL.KEY or a bare KEY
@@ -22,6 +24,8 @@ import json
 import time
 import warnings
 from pathlib import Path
+
+from scipy.stats import spearmanr
 
 from perturbcast.benchmark import run_benchmark
 from perturbcast.datasets.tasks import TASKS, load_task
@@ -51,6 +55,19 @@ def mean_sd_table(summary, best: str | None) -> str:
         lines.append(name.ljust(18) + "".join(x.rjust(24) for x in cells) +
                      f"  {r['n_seeds']:>5}  {Path(table).name}")
     return "\n".join(lines)
+
+
+def spread_calibration(per_perturbation) -> dict[str, float]:
+    """Per ensemble model (rows with a ``spread``): Spearman correlation over (seed, fold,
+    context, perturbation) rows between the members' spread and the mae, i.e. whether the
+    spread ranks which predictions are wrong."""
+    out: dict[str, float] = {}
+    if "spread" not in per_perturbation:
+        return out
+    for m, rows in per_perturbation.dropna(subset=["spread"]).groupby("model"):
+        if len(rows) > 2:
+            out[m] = float(spearmanr(rows["spread"], rows["mae"]).statistic)
+    return out
 
 
 def main() -> None:
@@ -96,6 +113,9 @@ def main() -> None:
             figures[f"{name}_{m}_vs_{r['baseline']}"] = f"{r['difference']:+.4f}"
             figures[f"{name}_{m}_exceeds_spread"] = str(r["exceeds_spread"]).lower()
             figures[f"{name}_{m}_fit_s_per_fold"] = f"{fit_s[m]:.1f}"
+        for m, rho in spread_calibration(res.per_perturbation).items():
+            print(f"{m}: Spearman(ensemble spread, mae) over perturbations = {rho:+.3f}")
+            figures[f"{name}_{m}_spread_mae_spearman"] = f"{rho:.3f}"
     figures["total_s"] = f"{time.perf_counter() - t_all:.1f}"
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

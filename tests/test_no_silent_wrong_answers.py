@@ -10,7 +10,7 @@ import torch
 from perturbcast import InputError, get_model, make_split, read_experiment
 from perturbcast.benchmark import run_benchmark
 from perturbcast.cli import main
-from perturbcast.data.experiment import select_genes
+from perturbcast.data.reading import select_genes
 from perturbcast.models import set_model
 from perturbcast.train.lightning import SetTrainingModule, TrainConfig
 

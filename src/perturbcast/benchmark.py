@@ -17,8 +17,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .data.experiment import Experiment, select_genes
+from .data.experiment import Experiment
 from .data.preprocess import uns_record
+from .data.reading import select_genes
 from .data.splits import Fold, Split
 from .errors import InputError
 from .eval.de import FdrMode

@@ -1,7 +1,9 @@
 """Data layer: read + validate AnnData, preprocessing, perturbation labels, splits, stores."""
 
-from .experiment import NO_CONTEXT, Experiment, read_experiment, select_genes
+from .experiment import NO_CONTEXT, Experiment
+from .experiment_reader import read_experiment
 from .labels import components, is_combo, map_targets
+from .reading import select_genes
 from .splits import Fold, Split, make_split
 from .store_experiment import read_store
 

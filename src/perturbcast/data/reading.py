@@ -1,4 +1,4 @@
-"""Reading helpers for :func:`~perturbcast.data.experiment.read_experiment`: opening a file,
+"""Reading helpers for :func:`~perturbcast.data.experiment_reader.read_experiment`: opening a file,
 canonical perturbation labels, and highly variable gene selection."""
 
 from __future__ import annotations

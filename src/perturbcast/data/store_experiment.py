@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from . import validate
-from .experiment import NO_CONTEXT, Experiment, select_genes
+from .experiment import NO_CONTEXT, Experiment
+from .reading import select_genes
 from .store import open_store
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import anndata as ad
 
-from ..data.experiment import Experiment, read_experiment
+from ..data.experiment import Experiment
+from ..data.experiment_reader import read_experiment
 from ..data.splits import Fold, Split
 from ..errors import InputError
 

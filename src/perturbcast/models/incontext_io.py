@@ -9,7 +9,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ..data.experiment import Experiment, read_experiment
+from ..data.experiment import Experiment
+from ..data.experiment_reader import read_experiment
 from ..data.labels import components
 from ..errors import InputError, preview
 from .incontext_sets import PromptSource
