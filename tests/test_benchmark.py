@@ -7,6 +7,7 @@ import pytest
 from perturbcast import InputError, make_split
 from perturbcast.benchmark import run_benchmark
 from perturbcast.eval import METRICS
+from perturbcast.eval.html_report import verdicts
 from perturbcast.models import BASELINES, MODELS
 from perturbcast.models.base import PerturbationModel
 from perturbcast.models.baselines import AdditiveBaseline, ControlBaseline
@@ -136,6 +137,29 @@ def test_verdict_says_who_won_and_whether_it_exceeds_the_spread():
                                                               "additive")
     comp = compare_to_baselines(loses, BASELINES).set_index("model")
     assert comp.exceeds_spread.to_dict() == {"flow": True, "transition": True}
+
+
+def test_a_vcc_win_with_worse_pearson_delta_and_mae_is_called_nominal():
+    """The McFaline case: transition above cell_mean on the VCC score, far below it on
+    pearson_delta and above it on mae. The verdict must not read as a plain win."""
+    rows = pd.DataFrame({"model": ["cell_mean", "transition"], "score": [0.0, 0.037],
+                         "score_sd": [0.0, 0.0], "n_seeds": [1, 3], "embeddings": [None, "t"],
+                         "pearson_delta": [0.622, 0.265], "pearson_delta_sd": [0.0, 0.014],
+                         "mae": [0.0414, 0.0570], "mae_sd": [0.0, 0.0002]})
+    line = verdict_line(rows, BASELINES)
+    assert line.startswith("transition beats the best baseline cell_mean by +0.037")
+    assert "A nominal win only: its pearson_delta (0.265 vs 0.622) and mae (0.057 vs 0.0414) " \
+           "are worse than cell_mean's." in line
+    assert compare_to_baselines(rows, BASELINES).worse_on.tolist() == ["pearson_delta,mae"]
+    assert "A nominal win only" in verdicts(rows, "cell_mean")[0]
+    one = rows.assign(pearson_delta=[0.5, 0.7])
+    assert line != verdict_line(one, BASELINES)
+    assert verdict_line(one, BASELINES).endswith("But its mae (0.057 vs 0.0414) is worse than "
+                                                 "cell_mean's.")
+    within = rows.assign(pearson_delta=[0.5, 0.49], pearson_delta_sd=[0.0, 0.02],
+                         mae=[0.05, 0.04])
+    assert compare_to_baselines(within, BASELINES).worse_on.tolist() == [""]
+    assert verdict_line(within, BASELINES).endswith("the difference exceeds it).")
 
 
 def test_best_baseline_had_the_same_gene_table():

@@ -46,15 +46,38 @@ def matched_best_baseline(summary: pd.DataFrame, baselines: Collection[str],
     return str(base.sort_values(["score", "is_ref", "pd_"]).model.iloc[-1])
 
 
+#: The metrics besides the VCC score that a win must not give up (the field reads them too):
+#: name -> True when higher is better.
+SIDE_METRICS = {"pearson_delta": True, "mae": False}
+
+
+def worse_on(s: pd.DataFrame, model: str, baseline: str) -> list[str]:
+    """The :data:`SIDE_METRICS` on which ``model`` is worse than ``baseline`` by more than the
+    model's seed sd of that metric (any amount when the sd was not measured)."""
+    out = []
+    for metric, higher in SIDE_METRICS.items():
+        if metric not in s or not np.isfinite(s[metric][model]) or not np.isfinite(
+                s[metric][baseline]):
+            continue
+        sd = s[f"{metric}_sd"][model] if f"{metric}_sd" in s else np.nan
+        sd = float(sd) if np.isfinite(sd) else 0.0
+        gap = (s[metric][baseline] - s[metric][model]) * (1 if higher else -1)
+        if gap > sd:
+            out.append(metric)
+    return out
+
+
 def compare_to_baselines(summary: pd.DataFrame, baselines: Collection[str]) -> pd.DataFrame:
     """One row per learned model: its VCC score, its best matched baseline's, the difference,
-    the seed spread (sd of the model's score over seeds; NaN with one seed) and whether the
-    difference exceeds that spread (None when not measured).
+    the seed spread (sd of the model's score over seeds; NaN with one seed), whether the
+    difference exceeds that spread (None when not measured), and the side metrics
+    (pearson_delta, mae) on which the model is worse than that baseline (``worse_on``, comma
+    separated; a VCC win with both worse is a nominal win).
 
     Returns
     -------
     DataFrame with columns model, n_seeds, score, score_sd, baseline, baseline_score,
-    difference, exceeds_spread
+    difference, exceeds_spread, worse_on
     """
     s = summary.set_index("model")
     out = []
@@ -70,9 +93,24 @@ def compare_to_baselines(summary: pd.DataFrame, baselines: Collection[str]) -> p
         exceeds = None if n < 2 or np.isnan(sd) else bool(abs(diff) > sd)
         out.append({"model": m, "n_seeds": n, "score": float(s.score[m]), "score_sd": sd,
                     "baseline": b, "baseline_score": float(s.score[b]), "difference": diff,
-                    "exceeds_spread": exceeds})
+                    "exceeds_spread": exceeds, "worse_on": ",".join(worse_on(s, m, b))})
     return pd.DataFrame(out, columns=["model", "n_seeds", "score", "score_sd", "baseline",
-                                      "baseline_score", "difference", "exceeds_spread"])
+                                      "baseline_score", "difference", "exceeds_spread",
+                                      "worse_on"])
+
+
+def side_note(summary: pd.DataFrame, row: dict) -> str:
+    """For a model that scores above its baseline: '' when it is not worse on pearson_delta or
+    mae, else a clause naming them (both worse: 'a nominal win')."""
+    worse = [w for w in str(row.get("worse_on") or "").split(",") if w]
+    if not worse or row["difference"] <= 0:
+        return ""
+    s = summary.set_index("model")
+    m, b = row["model"], row["baseline"]
+    figs = " and ".join(f"{w} ({s[w][m]:.4g} vs {s[w][b]:.4g})" for w in worse)
+    if len(worse) == len(SIDE_METRICS):
+        return f" A nominal win only: its {figs} are worse than {b}'s."
+    return f" But its {figs} is worse than {b}'s."
 
 
 def _spread(row: dict) -> str:
@@ -98,7 +136,8 @@ def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
             return (f"{m} scores {d:+.3f} VCC above the best baseline {b}, within the "
                     f"{_spread(row)}: not a clear win.")
         tail = "; the difference exceeds it" if row["exceeds_spread"] else ""
-        return f"{m} beats the best baseline {b} by {d:+.3f} VCC score ({_spread(row)}{tail})."
+        return (f"{m} beats the best baseline {b} by {d:+.3f} VCC score ({_spread(row)}{tail})."
+                + side_note(summary, row))
     tail = ""
     if row["exceeds_spread"] is not None:
         tail = "; the gap exceeds it" if row["exceeds_spread"] else "; within it"

@@ -49,7 +49,7 @@ def verdicts(summary: pd.DataFrame, best: str | None) -> list[str]:
     """One plain sentence per learned model against its best baseline (the one with the same
     gene table, :func:`perturbcast.verdict.compare_to_baselines`): better, worse or within the
     seed spread (|difference| <= the sd of the model's score over seeds)."""
-    from ..verdict import compare_to_baselines
+    from ..verdict import compare_to_baselines, side_note
 
     rows = summary.set_index("model")
     if best is None:
@@ -76,6 +76,7 @@ def verdicts(summary: pd.DataFrame, best: str | None) -> list[str]:
             tail = f"It beats {b} by more than the seed spread (±{c['score_sd']:.3f})."
         else:
             tail = f"It is worse than {b} by more than the seed spread (±{c['score_sd']:.3f})."
+        tail += side_note(summary, c)
         if c["score"] == 0 and c["baseline_score"] == 0:
             tail += " Neither beats cell_mean on the VCC score."
         out.append(f"{head} {tail}")
