@@ -13,7 +13,12 @@ from perturbcast.data import read_experiment
 from perturbcast.datasets import simulate
 from perturbcast.errors import InputError
 from perturbcast.models import get_model
-from perturbcast.models.incontext_sets import PretrainSampler, prompt_cells, roles
+from perturbcast.models.incontext_sets import (
+    InContextSampler,
+    PretrainSampler,
+    prompt_cells,
+    roles,
+)
 from perturbcast.modules.tabular import (
     TabularSetNet,
     masked_reconstruction_loss,
@@ -202,3 +207,49 @@ def test_cli_train_predict_with_prompt_and_embed(tmp_path, ic_exp):
                  "--perturbations", "G0013", "--prompt-filter", "oops", "--out",
                  str(tmp_path / "bad.h5ad")])
     assert code == 2 and not (tmp_path / "bad.h5ad").exists()
+
+
+def test_validation_cells_are_kept_out_of_training_sets():
+    perts = np.array(["c"] * 8 + ["A"] * 8 + ["A"] * 8)
+    ctxs = np.array(["x"] * 4 + ["y"] * 4 + ["x"] * 8 + ["y"] * 8)
+    held = np.zeros(24, bool)
+    held[[0, 4, 8, 9, 16]] = True
+    split = lambda label: (label,)  # noqa: E731
+    rng = np.random.default_rng(0)
+    train = InContextSampler(perts, ctxs, "c", split, 3, 4, held_out=held)
+    rows, targets = train.sample(20, rng)
+    assert not held[rows].any() and not held[targets].any()
+    val = InContextSampler(perts, ctxs, "c", split, 3, 4, held_out=held, validation=True)
+    rows, targets = val.sample(20, rng)
+    assert held[targets].all() and not held[rows[:, :6]].any()  # prompts: training cells
+    assert held[rows[:, 6:]].all()  # queries: held-out controls of the target context
+
+
+def _val_fit(exp, **extra):
+    params = dict(TINY, pretrain_steps=20, finetune_steps=60, val_fraction=0.2, val_every=5,
+                  patience=2)
+    return get_model("incontext", seed=0, **{**params, **extra}).fit(exp)
+
+
+def test_early_stopping_on_a_validation_plateau(ic_exp):
+    model = _val_fit(ic_exp, lr=0.0)  # nothing changes: the validation loss is flat
+    summary = model.training_summary
+    assert summary["validation_cells"] > 0
+    for phase in ("pretrain", "finetune"):
+        assert summary[phase]["stopped_early"], summary[phase]
+        assert summary[phase]["steps"] == 15  # 1 reference + patience 2 validations of 5 steps
+
+
+def test_no_validation_cells_is_announced(ic_exp):
+    with pytest.warns(UserWarning, match="no validation cells for pretrain"):
+        model = _val_fit(ic_exp, val_fraction=0.001, pretrain_steps=2, finetune_steps=2)
+    assert model.training_summary["validation_cells"] == 0
+    assert model.training_summary["finetune"]["steps"] == 2
+
+
+def test_validated_fit_is_deterministic(ic_exp):
+    conds = [("G0013", "ctx0")]
+    a, b = (_val_fit(ic_exp, pretrain_steps=10, finetune_steps=10) for _ in range(2))
+    assert a.training_summary == b.training_summary
+    np.testing.assert_array_equal(np.asarray(a.predict(ic_exp, conds, n_cells=20).X),
+                                  np.asarray(b.predict(ic_exp, conds, n_cells=20).X))

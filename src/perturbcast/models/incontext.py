@@ -20,6 +20,12 @@ prompt_summary, change_skip : the prompt's mean change enters the query rows' to
 set_size : pretraining set size and query cells per set; n_prompt : perturbed prompt cells
     (and as many prompt controls); n_sets : sets per step
 pretrain_steps, finetune_steps, lr, mask_min, mask_max, mean_weight : training
+val_fraction, val_every, patience, min_delta : validation and early stopping (see
+    :mod:`.incontext_fit`): ``val_fraction`` of the cells of every (context, batch,
+    perturbation) group is held out of training (0: none, every phase runs all its steps);
+    every ``val_every`` steps each phase's loss is measured on sets of them, and a phase stops
+    after ``patience`` validations without a relative improvement of ``min_delta`` (the best
+    weights are kept)
 bank_cells, bank_controls : training cells kept per condition / per context as the default
     prompt source (saved with the model)
 """
@@ -47,17 +53,18 @@ from ..modules.tabular import (
     nb_log_likelihood,
     prompt_mask,
 )
-from ..train.lightning import TrainConfig, train_network
 from ..utils import seed_everything
 from .base import Condition, PerturbationModel
+from .incontext_fit import fit_phases
 from .incontext_io import bank_state, experiment_like, prompt_source
-from .incontext_sets import InContextSampler, PretrainSampler, PromptSource, roles
+from .incontext_sets import PromptSource, roles
 
 DEFAULTS: dict[str, Any] = dict(
     n_modules=32, dim=16, depth=4, n_heads=4, cross="module", head="gaussian", prompt_summary=True,
     change_skip=True, set_size=64,
     n_prompt=32, n_sets=8, pretrain_steps=200, finetune_steps=300, lr=1e-3, mask_min=0.1,
     mask_max=0.8, mean_weight=1.0, bank_cells=64, bank_controls=128, show_progress=False,
+    val_fraction=0.0, val_every=50, patience=3, min_delta=0.01,
 )
 CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb")}
 NB_SCALE = 1e4  # counts scale of log1p(total 1e4) data
@@ -152,33 +159,8 @@ class InContextModel(PerturbationModel):
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
 
-        keys = np.unique(np.stack([ctxs, batches, perts], 1), axis=0, return_inverse=True)[1]
-        groups = [np.flatnonzero(keys.ravel() == g) for g in range(int(keys.max()) + 1)]
-        pre = PretrainSampler(groups, x.shape[1], p["set_size"], p["mask_min"], p["mask_max"])
-
-        def pre_batch() -> dict[str, Tensor]:
-            cells, hidden = pre.sample(p["n_sets"], rng)
-            return {"x": x[torch.from_numpy(cells)], "hidden": torch.from_numpy(hidden)}
-
-        icl = InContextSampler(perts, ctxs, exp.control, exp.components, p["n_prompt"],
-                               p["set_size"])
-
-        def icl_batch() -> dict[str, Tensor]:
-            rows, targets = icl.sample(p["n_sets"], rng)
-            return {"x": x[torch.from_numpy(rows)], "target": x[torch.from_numpy(targets)]}
-
-        self.training_summary = {"prompt_rules": sorted({c[2] for c in icl.conditions})}
-        for phase, steps, loss, make in (("pretrain", p["pretrain_steps"], self.pretrain_loss,
-                                          pre_batch),
-                                         ("finetune", p["finetune_steps"], self.finetune_loss,
-                                          icl_batch)):
-            if steps <= 0:
-                continue
-            self.net.train()
-            config = TrainConfig(max_steps=steps, lr=p["lr"], show_progress=p["show_progress"],
-                                 warmup_steps=min(100, max(1, steps // 10)),
-                                 steps_per_epoch=min(100, steps))
-            self.training_summary[phase] = train_network(self.net, loss, make, [], config, meta)
+        self.training_summary = fit_phases(self, x, perts, ctxs, batches, exp.control,
+                                           exp.components, rng, meta)
         self.bank = bank_state(exp, idx, perts, ctxs, p["bank_cells"], p["bank_controls"], rng)
 
     # ---- prediction ------------------------------------------------------------------------
