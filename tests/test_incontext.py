@@ -25,6 +25,7 @@ from perturbcast.modules.tabular import (
     nb_log_likelihood,
     prompt_mask,
 )
+from perturbcast.modules.tabular_cache import encode_prompt, predict_queries
 
 TINY = dict(n_modules=8, dim=8, depth=2, n_heads=2, set_size=24, n_prompt=12, n_sets=4,
             pretrain_steps=10, finetune_steps=120, lr=3e-3, bank_cells=16, bank_controls=24)
@@ -253,3 +254,33 @@ def test_validated_fit_is_deterministic(ic_exp):
     assert a.training_summary == b.training_summary
     np.testing.assert_array_equal(np.asarray(a.predict(ic_exp, conds, n_cells=20).X),
                                   np.asarray(b.predict(ic_exp, conds, n_cells=20).X))
+
+
+@pytest.mark.parametrize(("cross", "head", "paths"), [("module", "gaussian", True),
+                                                      ("flat", "gaussian", True),
+                                                      ("module", "nb", True),
+                                                      ("module", "gaussian", False)])
+def test_cached_prompt_gives_the_uncached_outputs(cross, head, paths):
+    torch.manual_seed(0)
+    net = TabularSetNet(30, n_modules=4, dim=8, depth=2, n_heads=2, cross=cross, head=head,
+                        prompt_summary=paths, change_skip=paths).eval()
+    with torch.no_grad():  # make the prompt paths matter (they start small)
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    prompt, queries = torch.rand(1, 6, 30) * 3, torch.rand(3, 8, 30) * 3
+    role = torch.from_numpy(roles(3, 8))
+    with torch.no_grad():
+        cache = encode_prompt(net, prompt, role[:6])
+        fast = predict_queries(net, queries, cache)
+        for s in range(3):  # each [prompt | queries of set s] run whole, masked
+            full = net(torch.cat([prompt, queries[s:s + 1]], 1), role, mask=prompt_mask(6, 8))
+            torch.testing.assert_close(fast[s], full[0, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_model_predictions_with_the_cache_equal_the_uncached_path(ic_exp, ic_model):
+    rng = np.random.default_rng(0)
+    rows = rng.random((2 * TINY["n_prompt"], ic_exp.n_genes), dtype=np.float32) * 2
+    x_ctrl = rng.random((50, ic_exp.n_genes), dtype=np.float32) * 2  # sets of 17, 17, 16
+    fast = ic_model._query_outputs(rows, x_ctrl)
+    np.testing.assert_allclose(fast, ic_model._query_outputs(rows, x_ctrl, cached=False),
+                               atol=1e-5, rtol=1e-5)

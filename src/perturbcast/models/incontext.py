@@ -53,6 +53,7 @@ from ..modules.tabular import (
     nb_log_likelihood,
     prompt_mask,
 )
+from ..modules.tabular_cache import encode_prompt, predict_queries
 from ..utils import seed_everything
 from .base import Condition, PerturbationModel
 from .incontext_fit import fit_phases
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.0, val_every=50, patience=3, min_delta=0.01,
 )
 CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb")}
+SETS_PER_CALL = 32  # query sets per forward pass in prediction (memory bound)
 NB_SCALE = 1e4  # counts scale of log1p(total 1e4) data
 NORMALISATION = "log1p(counts / total * 1e4); raw counts are normalised on reading"
 
@@ -188,15 +190,35 @@ class InContextModel(PerturbationModel):
         rng = np.random.default_rng([self.seed, zlib.crc32(f"{perturbation}|{context}".encode())])
         n_prompt = self.params["n_prompt"]
         rows = source.prompt(perturbation, context, n_prompt, rng)
-        n = x_ctrl.shape[0]
-        if n == 0:
+        if x_ctrl.shape[0] == 0:
             return x_ctrl.copy()
+        return self._query_outputs(rows, x_ctrl)
+
+    def _query_outputs(self, rows: np.ndarray, x_ctrl: np.ndarray,
+                       cached: bool = True) -> np.ndarray:
+        """Predicted log1p profiles of the control cells x_ctrl (n, G), in sets of at most
+        ``set_size`` query cells, each set [prompt rows (2 * n_prompt, G) | its queries].
+
+        ``cached``: the prompt is encoded once (:mod:`~perturbcast.modules.tabular_cache`) and
+        sets of equal size run together; ``False``: every set runs whole, the reference."""
+        n, n_prompt = x_ctrl.shape[0], self.params["n_prompt"]
         chunks = np.array_split(np.arange(n), int(np.ceil(n / self.params["set_size"])))
         out = np.empty_like(x_ctrl)
-        with torch.no_grad():
-            for c in chunks:
-                x = torch.from_numpy(np.concatenate([rows, x_ctrl[c]]).astype(np.float32))
-                out[c] = self._run(self.net.eval(), x[None], n_prompt)[0].numpy()
+        net = self.net.eval()
+        with torch.inference_mode():
+            if not cached:
+                for c in chunks:
+                    x = torch.from_numpy(np.concatenate([rows, x_ctrl[c]]).astype(np.float32))
+                    out[c] = self._run(net, x[None], n_prompt)[0].numpy()
+                return out
+            prompt = torch.from_numpy(np.asarray(rows, np.float32))[None]
+            cache = encode_prompt(net, prompt, torch.from_numpy(roles(n_prompt, 0)))
+            for size in sorted({c.size for c in chunks}):
+                same = [c for c in chunks if c.size == size]
+                for k in range(0, len(same), SETS_PER_CALL):
+                    group = np.stack(same[k:k + SETS_PER_CALL])  # (sets, size)
+                    x = torch.from_numpy(np.asarray(x_ctrl[group], np.float32))
+                    out[group] = self._log1p(predict_queries(net, x, cache)).numpy()
         return out
 
     # ---- embeddings ------------------------------------------------------------------------
