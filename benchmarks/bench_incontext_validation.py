@@ -2,15 +2,16 @@
 
 On the simulator (several contexts and batches), for each seed, half of the perturbations of
 one context are held out (``unseen-context`` split, their cells in the other contexts stay in
-training as prompts); the incontext model is fitted without validation (fixed steps: the
-default) and with ``val_fraction`` held-out cells and early stopping, at the default budget and
-at twice it, then predicts the held-out (perturbation, context) conditions from the default
-prompt. Quality: pearson_delta and mae of the predicted vs real pseudobulk means (cell-eval's
-definitions, :mod:`perturbcast.eval.metrics`), mean over conditions and seeds. Also: optimiser
-steps taken (both phases) and fit seconds. Ends with one key=value line.
+training as prompts). The incontext model is fitted without validation (fixed steps) and with
+10% of the training cells held out for validation and early stopping (``--variants``: at the
+default budget, and at twice or four times it, with or without validation), then predicts the
+held-out (perturbation, context) conditions from the default prompt. Quality: pearson_delta
+and mae of the predicted vs real pseudobulk means (cell-eval's definitions,
+:mod:`perturbcast.eval.metrics`), mean over conditions and seeds. Also: optimiser steps taken
+(both phases), fit seconds and which phases stopped early. Ends with one key=value line.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_incontext_validation.py [--seeds 0 1 2]
-        [--params '{"n_modules": 16}']
+        [--variants fixed val val_2x] [--params '{"n_modules": 16}']
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ from perturbcast.eval.metrics import PairArrays, mae, pearson_delta
 from perturbcast.models import get_model
 from perturbcast.models.incontext import DEFAULTS
 
-VARIANTS = {
-    "fixed": {},
-    "val": {"val_fraction": 0.1},
-    "val_2x_budget": {"val_fraction": 0.1, "pretrain_steps": 2 * DEFAULTS["pretrain_steps"],
-                      "finetune_steps": 2 * DEFAULTS["finetune_steps"]},
-}
+
+def _budget(factor: int) -> dict[str, int]:
+    return {"pretrain_steps": factor * DEFAULTS["pretrain_steps"],
+            "finetune_steps": factor * DEFAULTS["finetune_steps"]}
+
+
+VAL = {"val_fraction": 0.1}
+NO_VAL = {"val_fraction": 0.0}
+VARIANTS = {"fixed": NO_VAL, "val": VAL, "val_2x": {**VAL, **_budget(2)},
+            "fixed_2x": {**NO_VAL, **_budget(2)}, "val_4x": {**VAL, **_budget(4)},
+            "fixed_4x": {**NO_VAL, **_budget(4)}}
 
 
 def quality(model, exp, test: list[tuple[str, str]]) -> tuple[float, float]:
@@ -53,7 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default="{}", help="JSON incontext parameters for all variants")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["fixed", "val", "val_2x"],
+                    choices=list(VARIANTS))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     extra = json.loads(args.params)
@@ -74,10 +81,11 @@ def main() -> None:
             fit_s = time.perf_counter() - t0
             s = model.training_summary
             steps = sum(s[ph]["steps"] for ph in ("pretrain", "finetune") if ph in s)
+            stopped = [ph for ph in ("pretrain", "finetune") if s.get(ph, {}).get("stopped_early")]
             r, m = quality(model, exp, fold.test)
             rows[name].append((r, m, steps, fit_s))
-            print(f"seed={seed} {name:14s} pearson_delta={r:.4f} mae={m:.4f} steps={steps} "
-                  f"fit_s={fit_s:.1f}", flush=True)
+            print(f"seed={seed} {name:9s} pearson_delta={r:.4f} mae={m:.4f} steps={steps} "
+                  f"fit_s={fit_s:.1f} stopped_early={','.join(stopped) or '-'}", flush=True)
     figures: dict[str, object] = {"seeds": len(args.seeds)}
     for name, vals in rows.items():
         a = np.asarray(vals)
