@@ -284,3 +284,9 @@ def test_model_predictions_with_the_cache_equal_the_uncached_path(ic_exp, ic_mod
     fast = ic_model._query_outputs(rows, x_ctrl)
     np.testing.assert_allclose(fast, ic_model._query_outputs(rows, x_ctrl, cached=False),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_default_fit_holds_out_validation_cells(ic_model):
+    summary = ic_model.training_summary  # TINY leaves val_fraction at its default (0.1)
+    assert summary["validation_cells"] > 0
+    assert len(summary["finetune"]["val_loss_per_epoch"]) >= 2
