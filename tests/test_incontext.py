@@ -290,3 +290,16 @@ def test_default_fit_holds_out_validation_cells(ic_model):
     summary = ic_model.training_summary  # TINY leaves val_fraction at its default (0.1)
     assert summary["validation_cells"] > 0
     assert len(summary["finetune"]["val_loss_per_epoch"]) >= 2
+
+
+def test_finetune_validation_is_the_relative_error_of_the_mean_change(ic_model):
+    n_prompt = TINY["n_prompt"]
+    x = torch.rand(1, 2 * n_prompt + 10, 60) * 2
+    with torch.no_grad():
+        pred = ic_model._run(ic_model.net, x, n_prompt)
+        start = x[:, 2 * n_prompt:].mean(1, keepdim=True)
+        loss = ic_model.finetune_validation_loss
+        exact = loss(ic_model.net, {"x": x, "target": pred})
+        double = loss(ic_model.net, {"x": x, "target": start + 2 * (pred - start)})
+    assert float(exact) < 1e-8
+    assert abs(float(double) - 0.25) < 1e-4  # error |d|^2 against a real change of |2d|^2

