@@ -177,6 +177,8 @@ def test_prompt_filter_and_bad_parameters(ic_exp, ic_model):
     assert only1.n_obs == 5
     with pytest.raises(InputError, match="cross"):
         get_model("incontext", cross="diagonal")
+    with pytest.raises(InputError, match="val_fraction"):
+        get_model("incontext", val_fraction=1.5)
 
 
 def _run(args) -> int:

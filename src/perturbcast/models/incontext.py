@@ -23,7 +23,8 @@ pretrain_steps, finetune_steps, lr, mask_min, mask_max, mean_weight : training
 val_fraction, val_every, patience, min_delta : validation and early stopping (see
     :mod:`.incontext_fit`): ``val_fraction`` of the cells of every (context, batch,
     perturbation) group is held out of training (0: none, every phase runs all its steps);
-    every ``val_every`` steps each phase's loss is measured on sets of them, and a phase stops
+    every ``val_every`` steps each phase is scored on sets of them (pretraining: its loss;
+    fine-tuning: the relative error of the mean change), and a phase stops
     after ``patience`` validations without a relative improvement of ``min_delta`` (the best
     weights are kept). Default 0.1: on the simulator (``bench_incontext_validation.py``) as
     accurate as no validation at the default budget, where it rarely stops; with 4x the
@@ -90,6 +91,9 @@ class InContextModel(PerturbationModel):
             if self.params[key] not in allowed:
                 raise InputError(f"incontext: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(allowed)}.")
+        if not 0 <= float(self.params["val_fraction"]) < 1:
+            raise InputError(f"incontext: val_fraction={self.params['val_fraction']!r} is not in "
+                             "[0, 1); use e.g. 0.1 (0: no validation).")
         self.net: TabularSetNet | None = None
         self.bank: dict[str, np.ndarray] = {}
         self.training_summary: dict[str, Any] = {}
