@@ -7,7 +7,7 @@ own setting). Needs ../shared/data (or PERTURBCAST_DATA). Then embeds every cell
 Embedding in sets of one's own context leaks the cell type into the set, so it is also
 measured with sets drawn from all cells (``knn_incontext_mixed_sets``).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_incontext_kang.py [--folds 3]
+    OMP_NUM_THREADS=1 python benchmarks/bench_incontext_kang.py [--folds 3 (0: embeddings only)]
         [--params '{"finetune_steps": 100}'] [--no-embed]
 """
 
@@ -20,6 +20,7 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+from embedding_scores import knn_accuracy, pca
 
 from perturbcast.benchmark import run_benchmark
 from perturbcast.datasets.tasks import load_task
@@ -30,47 +31,29 @@ SMALL = dict(n_modules=16, dim=16, depth=2, n_heads=4, set_size=32, n_prompt=16,
              pretrain_steps=30, finetune_steps=80, lr=3e-3)
 
 
-def knn_accuracy(emb: np.ndarray, labels: np.ndarray, k: int = 15, folds: int = 5) -> float:
-    """Mean accuracy of a k-nearest-neighbour vote (Euclidean), stratification-free k-fold."""
-    order = np.random.default_rng(0).permutation(len(labels))
-    hits = 0
-    for part in np.array_split(order, folds):
-        train = np.setdiff1d(order, part)
-        d = ((emb[part, None, :] - emb[None, train, :]) ** 2).sum(-1)
-        nn = train[np.argsort(d, axis=1)[:, :k]]
-        for i, row in zip(part, labels[nn], strict=True):
-            vals, counts = np.unique(row, return_counts=True)
-            hits += vals[np.argmax(counts)] == labels[i]
-    return hits / len(labels)
-
-
-def pca(x: np.ndarray, dim: int) -> np.ndarray:
-    xc = x - x.mean(0)
-    u, s, _ = np.linalg.svd(xc, full_matrices=False)
-    return u[:, :dim] * s[:dim]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--folds", type=int, default=3, help="first N cell-type folds (of 7)")
+    ap.add_argument("--folds", type=int, default=3,
+                    help="first N cell-type folds (of 7); 0: embeddings only")
     ap.add_argument("--params", default="{}", help="JSON incontext parameters")
     ap.add_argument("--no-embed", action="store_true")
     args = ap.parse_args()
     params = {**SMALL, **json.loads(args.params)}
     warnings.filterwarnings("ignore")
     exp, split = load_task("kang18_celltype")
-    split = replace(split, folds=split.folds[: args.folds])
-    t0 = time.perf_counter()
-    res = run_benchmark(exp, split, ["cell_mean", "context_mean", "perturbation_mean",
-                                     "incontext"], seed=0, show_progress=False,
-                        model_params={"incontext": params})
-    bench_s = time.perf_counter() - t0
-    print_summary(res.summary, "kang18_celltype (first folds)", res.best_baseline())
-    s = res.summary.set_index("model")
-    figures = {"folds": args.folds, "bench_s": round(bench_s, 1)}
-    for m in s.index:
-        figures[f"{m}_score"] = round(float(s.loc[m, "score"]), 4)
-        figures[f"{m}_pearson_delta"] = round(float(s.loc[m, "pearson_delta"]), 4)
+    figures: dict[str, object] = {"folds": args.folds}
+    if args.folds > 0:
+        split = replace(split, folds=split.folds[: args.folds])
+        t0 = time.perf_counter()
+        res = run_benchmark(exp, split, ["cell_mean", "context_mean", "perturbation_mean",
+                                         "incontext"], seed=0, show_progress=False,
+                            model_params={"incontext": params})
+        figures["bench_s"] = round(time.perf_counter() - t0, 1)
+        print_summary(res.summary, "kang18_celltype (first folds)", res.best_baseline())
+        s = res.summary.set_index("model")
+        for m in s.index:
+            figures[f"{m}_score"] = round(float(s.loc[m, "score"]), 4)
+            figures[f"{m}_pearson_delta"] = round(float(s.loc[m, "pearson_delta"]), 4)
     if not args.no_embed:
         t1 = time.perf_counter()
         model = get_model("incontext", seed=0, **params).fit(exp)

@@ -2,7 +2,9 @@
 
 Pretraining: optimiser steps of the masked-reconstruction loss on random log1p data (sets of
 ``set_size`` cells). Prediction: ``model.predict`` end to end (prompt drawn from the saved
-training cells, sets of [prompt | query]), query cells per second. Both cross-cell attention
+training cells, sets of [prompt | query]), query cells per second; and the network part alone
+with the prompt encoded once (the default) and with every [prompt | query] set run whole (the
+path before the prompt cache), in the same run. Both cross-cell attention
 variants (``module``, ``flat``) are timed.
 
 When arc-stack is importable (``pip install arc-stack``; the packages its import chain needs but
@@ -25,6 +27,7 @@ import time
 import types
 import warnings
 
+import numpy as np
 import torch
 
 from perturbcast.data import read_experiment
@@ -58,6 +61,19 @@ def time_predict(model, exp, n_cells: int) -> float:
     t0 = time.perf_counter()
     model.predict(exp, conds, n_cells=n_cells)
     return len(conds) * n_cells / (time.perf_counter() - t0)
+
+
+def time_query_sets(model, n_genes: int, n_cells: int, cached: bool) -> float:
+    """Query cells/s of the network part of prediction for one condition: the prompt encoded
+    once and the query sets batched (``cached``), or every [prompt | query] set run whole
+    (the path before the cache), on the same random inputs."""
+    gen = np.random.default_rng(0)
+    rows = gen.random((2 * model.params["n_prompt"], n_genes), dtype=np.float32) * 3
+    x = gen.random((n_cells, n_genes), dtype=np.float32) * 3
+    model._query_outputs(rows, x[:8], cached)  # warm-up
+    t0 = time.perf_counter()
+    model._query_outputs(rows, x, cached)
+    return n_cells / (time.perf_counter() - t0)
 
 
 def _stub(name: str) -> None:
@@ -134,6 +150,9 @@ def main() -> None:
         figures[f"{cross}_pretrain_cells_per_s"] = round(time_pretrain(model, exp.n_genes,
                                                                        args.steps), 1)
         figures[f"{cross}_predict_cells_per_s"] = round(time_predict(model, exp, args.cells), 1)
+        for cached in (True, False):
+            figures[f"{cross}_query_sets_{'cached' if cached else 'uncached'}_cells_per_s"] = (
+                round(time_query_sets(model, exp.n_genes, 4 * args.cells, cached), 1))
     set_cells = 2 * SHAPE["n_prompt"] + SHAPE["set_size"]
     net = arc_stack_model(exp.n_genes, SHAPE["set_size"])
     if net is None:

@@ -13,13 +13,19 @@ from perturbcast.data import read_experiment
 from perturbcast.datasets import simulate
 from perturbcast.errors import InputError
 from perturbcast.models import get_model
-from perturbcast.models.incontext_sets import PretrainSampler, prompt_cells, roles
+from perturbcast.models.incontext_sets import (
+    InContextSampler,
+    PretrainSampler,
+    prompt_cells,
+    roles,
+)
 from perturbcast.modules.tabular import (
     TabularSetNet,
     masked_reconstruction_loss,
     nb_log_likelihood,
     prompt_mask,
 )
+from perturbcast.modules.tabular_cache import encode_prompt, predict_queries
 
 TINY = dict(n_modules=8, dim=8, depth=2, n_heads=2, set_size=24, n_prompt=12, n_sets=4,
             pretrain_steps=10, finetune_steps=120, lr=3e-3, bank_cells=16, bank_controls=24)
@@ -171,6 +177,8 @@ def test_prompt_filter_and_bad_parameters(ic_exp, ic_model):
     assert only1.n_obs == 5
     with pytest.raises(InputError, match="cross"):
         get_model("incontext", cross="diagonal")
+    with pytest.raises(InputError, match="val_fraction"):
+        get_model("incontext", val_fraction=1.5)
 
 
 def _run(args) -> int:
@@ -202,3 +210,98 @@ def test_cli_train_predict_with_prompt_and_embed(tmp_path, ic_exp):
                  "--perturbations", "G0013", "--prompt-filter", "oops", "--out",
                  str(tmp_path / "bad.h5ad")])
     assert code == 2 and not (tmp_path / "bad.h5ad").exists()
+
+
+def test_validation_cells_are_kept_out_of_training_sets():
+    perts = np.array(["c"] * 8 + ["A"] * 8 + ["A"] * 8)
+    ctxs = np.array(["x"] * 4 + ["y"] * 4 + ["x"] * 8 + ["y"] * 8)
+    held = np.zeros(24, bool)
+    held[[0, 4, 8, 9, 16]] = True
+    split = lambda label: (label,)  # noqa: E731
+    rng = np.random.default_rng(0)
+    train = InContextSampler(perts, ctxs, "c", split, 3, 4, held_out=held)
+    rows, targets = train.sample(20, rng)
+    assert not held[rows].any() and not held[targets].any()
+    val = InContextSampler(perts, ctxs, "c", split, 3, 4, held_out=held, validation=True)
+    rows, targets = val.sample(20, rng)
+    assert held[targets].all() and not held[rows[:, :6]].any()  # prompts: training cells
+    assert held[rows[:, 6:]].all()  # queries: held-out controls of the target context
+
+
+def _val_fit(exp, **extra):
+    params = dict(TINY, pretrain_steps=20, finetune_steps=60, val_fraction=0.2, val_every=5,
+                  patience=2)
+    return get_model("incontext", seed=0, **{**params, **extra}).fit(exp)
+
+
+def test_early_stopping_on_a_validation_plateau(ic_exp):
+    model = _val_fit(ic_exp, lr=0.0)  # nothing changes: the validation loss is flat
+    summary = model.training_summary
+    assert summary["validation_cells"] > 0
+    for phase in ("pretrain", "finetune"):
+        assert summary[phase]["stopped_early"], summary[phase]
+        assert summary[phase]["steps"] == 15  # 1 reference + patience 2 validations of 5 steps
+
+
+def test_no_validation_cells_is_announced(ic_exp):
+    with pytest.warns(UserWarning, match="no validation cells for pretrain"):
+        model = _val_fit(ic_exp, val_fraction=0.001, pretrain_steps=2, finetune_steps=2)
+    assert model.training_summary["validation_cells"] == 0
+    assert model.training_summary["finetune"]["steps"] == 2
+
+
+def test_validated_fit_is_deterministic(ic_exp):
+    conds = [("G0013", "ctx0")]
+    a, b = (_val_fit(ic_exp, pretrain_steps=10, finetune_steps=10) for _ in range(2))
+    assert a.training_summary == b.training_summary
+    np.testing.assert_array_equal(np.asarray(a.predict(ic_exp, conds, n_cells=20).X),
+                                  np.asarray(b.predict(ic_exp, conds, n_cells=20).X))
+
+
+@pytest.mark.parametrize(("cross", "head", "paths"), [("module", "gaussian", True),
+                                                      ("flat", "gaussian", True),
+                                                      ("module", "nb", True),
+                                                      ("module", "gaussian", False)])
+def test_cached_prompt_gives_the_uncached_outputs(cross, head, paths):
+    torch.manual_seed(0)
+    net = TabularSetNet(30, n_modules=4, dim=8, depth=2, n_heads=2, cross=cross, head=head,
+                        prompt_summary=paths, change_skip=paths).eval()
+    with torch.no_grad():  # make the prompt paths matter (they start small)
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    prompt, queries = torch.rand(1, 6, 30) * 3, torch.rand(3, 8, 30) * 3
+    role = torch.from_numpy(roles(3, 8))
+    with torch.no_grad():
+        cache = encode_prompt(net, prompt, role[:6])
+        fast = predict_queries(net, queries, cache)
+        for s in range(3):  # each [prompt | queries of set s] run whole, masked
+            full = net(torch.cat([prompt, queries[s:s + 1]], 1), role, mask=prompt_mask(6, 8))
+            torch.testing.assert_close(fast[s], full[0, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_model_predictions_with_the_cache_equal_the_uncached_path(ic_exp, ic_model):
+    rng = np.random.default_rng(0)
+    rows = rng.random((2 * TINY["n_prompt"], ic_exp.n_genes), dtype=np.float32) * 2
+    x_ctrl = rng.random((50, ic_exp.n_genes), dtype=np.float32) * 2  # sets of 17, 17, 16
+    fast = ic_model._query_outputs(rows, x_ctrl)
+    np.testing.assert_allclose(fast, ic_model._query_outputs(rows, x_ctrl, cached=False),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_default_fit_holds_out_validation_cells(ic_model):
+    summary = ic_model.training_summary  # TINY leaves val_fraction at its default (0.1)
+    assert summary["validation_cells"] > 0
+    assert len(summary["finetune"]["val_loss_per_epoch"]) >= 2
+
+
+def test_finetune_validation_is_the_relative_error_of_the_mean_change(ic_model):
+    n_prompt = TINY["n_prompt"]
+    x = torch.rand(1, 2 * n_prompt + 10, 60) * 2
+    with torch.no_grad():
+        pred = ic_model._run(ic_model.net, x, n_prompt)
+        start = x[:, 2 * n_prompt:].mean(1, keepdim=True)
+        loss = ic_model.finetune_validation_loss
+        exact = loss(ic_model.net, {"x": x, "target": pred})
+        double = loss(ic_model.net, {"x": x, "target": start + 2 * (pred - start)})
+    assert float(exact) < 1e-8
+    assert abs(float(double) - 0.25) < 1e-4  # error |d|^2 against a real change of |2d|^2

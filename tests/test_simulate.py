@@ -36,3 +36,15 @@ def test_knockouts_propagate_and_contexts_differ():
     assert downstream_moves >= 1  # effects propagate through the network
     ctrl_diff = np.abs(mean[("control", "ctx0")] - mean[("control", "ctx1")]).mean()
     assert ctrl_diff > 0.1
+
+
+def test_batch_effect_sets_the_size_of_the_batch_shift():
+    def batch_gap(effect: float) -> float:
+        a = simulate(n_genes=60, n_singles=2, n_combos=0, n_contexts=1, n_batches=2,
+                     cells_per_condition=10, control_cells=400, batch_effect=effect, seed=2)
+        exp = read_experiment(a, "perturbation", "control")
+        x, b = exp.rows(np.flatnonzero(exp.is_control)), a.obs.batch.to_numpy()[exp.is_control]
+        return float(np.abs(x[b == "b0"].mean(0) - x[b == "b1"].mean(0)).mean())
+
+    none, default, strong = batch_gap(0.0), batch_gap(0.15), batch_gap(1.0)
+    assert none < default < strong and strong > 3 * none  # no shift: sampling noise only

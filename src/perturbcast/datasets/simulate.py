@@ -2,9 +2,10 @@
 
 A random gene regulatory network (a DAG of regulators -> targets) propagates each knockout or
 activation; contexts rewire and rescale the network and shift baseline expression; combinations
-add their singles' effects plus, for some pairs, an interaction; batches shift genes; counts are
-negative binomial (gamma-Poisson) with a per-cell library size and a per-cell perturbation
-efficiency (some cells escape).
+add their singles' effects plus, for some pairs, an interaction; batches shift genes
+(``batch_effect``: sd of each batch's per-gene log-scale shift); counts are negative binomial
+(gamma-Poisson) with a per-cell library size and a per-cell perturbation efficiency (some cells
+escape).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class SimulationConfig:
     n_combos: int = 12
     n_contexts: int = 3
     n_batches: int = 2
+    batch_effect: float = 0.15  # sd of each batch's per-gene log-scale shift
     cells_per_condition: int = 60
     control_cells: int = 300
     regulator_fraction: float = 0.15
@@ -78,7 +80,7 @@ def simulate(config: SimulationConfig | None = None, **overrides) -> ad.AnnData:
         keep = rng.random(w.shape) > cfg.context_rewiring
         ctx_w.append(w * keep * rng.lognormal(0, 0.3, w.shape))
         ctx_base.append(base + rng.normal(0, 0.5, g))
-    batch_shift = rng.normal(0, 0.15, (cfg.n_batches, g))
+    batch_shift = rng.normal(0, cfg.batch_effect, (cfg.n_batches, g))
 
     n_single_reg = int(round(0.7 * cfg.n_singles))
     pool_other = np.setdiff1d(np.arange(g), regulators)

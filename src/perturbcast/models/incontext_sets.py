@@ -91,27 +91,39 @@ class InContextSampler:
     perts, ctxs : labels of the training cells
     control : control label; components : label -> its singles
     n_prompt : perturbed prompt cells (and as many prompt controls); n_query : query cells
+    held_out : bool per cell, optional: validation cells. Training sets (``validation=False``)
+        never use them; validation sets take their targets from them (and their queries from
+        held-out controls of the target context when it has any), their prompts from the
+        other cells, and never split a ``same_context`` prompt at random
+    validation : see ``held_out``; a validation sampler may have no conditions (no error)
     """
 
     def __init__(self, perts: np.ndarray, ctxs: np.ndarray, control: str,
                  components: Callable[[str], tuple[str, ...]], n_prompt: int,
-                 n_query: int) -> None:
-        self.n_prompt, self.n_query = n_prompt, n_query
+                 n_query: int, held_out: np.ndarray | None = None,
+                 validation: bool = False) -> None:
+        self.n_prompt, self.n_query, self.validation = n_prompt, n_query, validation
+        held = np.zeros(len(perts), bool) if held_out is None else np.asarray(held_out, bool)
         is_ctrl = perts == control
-        self.ctrl_idx = np.flatnonzero(is_ctrl)
+        self.ctrl_idx = np.flatnonzero(is_ctrl & ~held)
         self.ctrl_ctx = ctxs[self.ctrl_idx]
         self.conditions: list[tuple[np.ndarray, np.ndarray, str, np.ndarray]] = []
-        pert_cells = np.flatnonzero(~is_ctrl)
-        keys = sorted({(perts[i], ctxs[i]) for i in pert_cells})
+        pert_cells = np.flatnonzero(~is_ctrl & ~held)  # the prompt pool
+        is_target = ~is_ctrl & (held if validation else ~held)
+        keys = sorted({(perts[i], ctxs[i]) for i in np.flatnonzero(is_target)})
         for p, c in keys:
-            target = np.flatnonzero((perts == p) & (ctxs == c))
-            prompt, rule = prompt_cells(perts[~is_ctrl], ctxs[~is_ctrl], p, c, components)
+            target = np.flatnonzero(is_target & (perts == p) & (ctxs == c))
+            prompt, rule = prompt_cells(perts[pert_cells], ctxs[pert_cells], p, c, components)
             queries = self.ctrl_idx[self.ctrl_ctx == c]
-            if not queries.size or (rule == "same_context" and target.size < 4):
+            if validation:
+                held_queries = np.flatnonzero(is_ctrl & held & (ctxs == c))
+                queries = held_queries if held_queries.size else queries
+            if not queries.size or not prompt.size or (
+                    rule == "same_context" and not validation and target.size < 4):
                 continue
             self.conditions.append((target, pert_cells[prompt], rule, queries))
         self.ctxs = ctxs
-        if not self.conditions:
+        if not self.conditions and not validation:
             raise InputError("incontext: no training condition has both prompt cells and "
                              "control cells in its context; it needs perturbed and control "
                              "cells.")
@@ -123,7 +135,7 @@ class InContextSampler:
         targets = np.empty((n_sets, q), np.int64)
         for k, ci in enumerate(rng.integers(0, len(self.conditions), n_sets)):
             target, prompt, rule, queries = self.conditions[ci]
-            if rule == "same_context":
+            if rule == "same_context" and not self.validation:
                 perm = rng.permutation(target)
                 half = perm.size // 2
                 prompt, target = perm[:half], perm[half:]

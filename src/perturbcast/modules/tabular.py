@@ -44,6 +44,19 @@ class TokenAttention(SetAttention):
         heads."""
         return mask[None, None] if mask.dim() == 2 else mask[:, None]
 
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys, values of x (batch, length, dim), each (batch, heads, length,
+        dim / heads)."""
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.n_heads, d // self.n_heads).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Unmasked attention of q over (k, v) (batch, heads, length, head_dim), projected:
+        shape (batch, q_length, dim)."""
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.out(y.reshape(y.shape[0], y.shape[1], -1))
+
 
 class TabularBlock(nn.Module):
     """Within-cell attention, across-cell attention, SwiGLU; pre-RMSNorm residuals.
@@ -69,16 +82,47 @@ class TabularBlock(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
         s, n, m, d = h.shape
-        h = h + self.attn_cell(self.norm_cell(h).reshape(s * n, m, d)).view(s, n, m, d)
-        if self.cross == "module":
-            t = h.transpose(1, 2).reshape(s * m, n, d)
-            if mask is not None and mask.dim() == 3:
-                mask = mask.repeat_interleave(m, dim=0)
-            y = self.attn_set(self.norm_set(t), mask).view(s, m, n, d).transpose(1, 2)
-        else:
-            y = self.attn_set(self.norm_set(h.reshape(s, n, m * d)), mask).view(s, n, m, d)
-        h = h + y
+        h = self._within_cell(h)
+        if self.cross == "module" and mask is not None and mask.dim() == 3:
+            mask = mask.repeat_interleave(m, dim=0)
+        h = h + self._from_rows(self.attn_set(self.norm_set(self._rows(h)), mask), h.shape)
         return h + self.ff(self.norm_ff(h))
+
+    def forward_prompt(self, h: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Prompt rows alone (they attend only to each other): their output, shape as h
+        (1, n_prompt, M, d), and their across-cell keys and values, each (M or 1, heads,
+        n_prompt, head_dim), which no query row changes."""
+        h = self._within_cell(h)
+        q, k, v = self.attn_set.project(self.norm_set(self._rows(h)))
+        h = h + self._from_rows(self.attn_set.attend(q, k, v), h.shape)
+        return h + self.ff(self.norm_ff(h)), (k, v)
+
+    def forward_query(self, h: Tensor, prompt_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Query rows h (n_sets, n_query, M, d) of sets that share one prompt, attending to
+        the prompt's cached keys and values (:meth:`forward_prompt`) and to their own set."""
+        h = self._within_cell(h)
+        q, k, v = self.attn_set.project(self.norm_set(self._rows(h)))
+        reps = k.shape[0] // prompt_kv[0].shape[0]
+        k, v = (torch.cat([c.repeat(reps, 1, 1, 1), t], 2) for c, t in zip(prompt_kv, (k, v),
+                                                                            strict=True))
+        h = h + self._from_rows(self.attn_set.attend(q, k, v), h.shape)
+        return h + self.ff(self.norm_ff(h))
+
+    def _within_cell(self, h: Tensor) -> Tensor:
+        s, n, m, d = h.shape
+        return h + self.attn_cell(self.norm_cell(h).reshape(s * n, m, d)).view(s, n, m, d)
+
+    def _rows(self, h: Tensor) -> Tensor:
+        """(n_sets, n_cells, M, d) -> the across-cell sequences: (n_sets * M, n_cells, d) per
+        module, or (n_sets, n_cells, M * d) flat."""
+        s, n, m, d = h.shape
+        return (h.transpose(1, 2).reshape(s * m, n, d) if self.cross == "module"
+                else h.reshape(s, n, m * d))
+
+    def _from_rows(self, y: Tensor, shape: torch.Size) -> Tensor:
+        s, n, m, d = shape
+        return (y.view(s, m, n, d).transpose(1, 2) if self.cross == "module"
+                else y.view(s, n, m, d))
 
 
 class TabularSetNet(nn.Module):
