@@ -89,6 +89,28 @@ class _Stream(IterableDataset):
             yield self.make()
 
 
+class _Draws(torch.utils.data.Sampler):
+    """Batch numbers for a map-style dataset of batches: ``n`` per epoch, continuing from the
+    last (``drawn``); runs in the main process, so DataLoader workers fetch batches by number
+    and a resumed run continues at its step (batches depend on their number only)."""
+
+    rng = None  # no sampler RNG state to save: the batch number says everything
+
+    def __init__(self, n: int) -> None:
+        self.n, self.first, self.drawn = n, n, 0
+
+    def state_before(self, draw: int) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return self.first
+
+    def __iter__(self):
+        start, count = self.drawn, self.first
+        self.drawn, self.first = start + count, self.n
+        return iter(range(start, start + count))
+
+
 class _Fixed(IterableDataset):
     def __init__(self, batches: list[Batch]) -> None:
         self.batches = batches
@@ -245,14 +267,18 @@ class _ResumeCheckpoint(L.Callback):
 
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
-                  val_fn: LossFn | None = None, sampler_rng=None) -> dict[str, Any]:
+                  val_fn: LossFn | None = None, sampler_rng=None,
+                  dataset: torch.utils.data.Dataset | None = None,
+                  num_workers: int = 0) -> dict[str, Any]:
     """Train ``net`` in place; returns a summary (steps, epochs, whether it stopped early,
     best/last validation loss).
 
     Early stopping: after ``patience`` epochs in which the validation loss did not fall below
     ``(1 - min_delta)`` times the last such improvement, training stops (the best weights, by
     any improvement, are restored). ``sampler_rng`` (numpy Generator used by ``make_batch``)
-    is saved in resumable checkpoints.
+    is saved in resumable checkpoints. With ``dataset`` (map-style: batch number -> batch, a
+    function of the number only), batches come from it instead of ``make_batch``, fetched by
+    ``num_workers`` DataLoader worker processes.
     """
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
     resume = current_resume()
@@ -275,9 +301,15 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         precision=precision, logger=False, callbacks=callbacks,
         enable_checkpointing=bool(config.checkpoint_dir), enable_model_summary=False,
         enable_progress_bar=config.show_progress, num_sanity_val_steps=0,
-        gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0)
-    module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
-    train_dl = DataLoader(module.stream, batch_size=None)
+        gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0,
+        use_distributed_sampler=False)  # ranks take their share of each batch themselves
+    if dataset is None:
+        module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
+        train_dl = DataLoader(module.stream, batch_size=None)
+    else:
+        module.stream = _Draws(config.steps_per_epoch)
+        train_dl = DataLoader(dataset, batch_size=None, sampler=module.stream,
+                              num_workers=num_workers)
     ckpt = None
     if resume is not None and resume.resume:
         ckpt = str(resume.last) if resume.last.exists() else None
