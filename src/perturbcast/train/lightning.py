@@ -105,10 +105,10 @@ class _Draws(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.first
 
-    def __iter__(self):
-        start, count = self.drawn, self.first
+    def __iter__(self):  # a generator: an iterator made and dropped unused (as a DataLoader
+        start, count = self.drawn, self.first  # with workers does) draws nothing
         self.drawn, self.first = start + count, self.n
-        return iter(range(start, start + count))
+        yield from range(start, start + count)
 
 
 class _Fixed(IterableDataset):
