@@ -120,3 +120,26 @@ def test_streaming_pca_equals_the_dense_fit(monkeypatch):
                                              chunk=700)
     assert abs(dense.components[:, 0] @ approx.components[:, 0]) > 0.95  # the strong PC
     assert approx.scale == pytest.approx(dense.scale, rel=0.02)
+
+
+def test_incontext_reads_store_rows_per_batch(screen, monkeypatch):
+    import perturbcast.models.incontext as incontext
+
+    _, store = screen
+    exp = read_experiment(store, "perturbation", "control", context_key="context")
+    params = dict(n_modules=4, dim=8, depth=1, n_heads=2, set_size=8, n_prompt=4, n_sets=2,
+                  pretrain_steps=3, finetune_steps=3, bank_cells=4, bank_controls=8)
+    sizes = []
+
+    def count_rows(self, idx, _orig=StoreMatrix.rows):
+        sizes.append(len(idx))
+        return _orig(self, idx)
+
+    monkeypatch.setattr(StoreMatrix, "rows", count_rows)
+    lazy = get_model("incontext", seed=0, **params).fit(exp).net.state_dict()
+    assert sizes and max(sizes) < exp.n_cells // 4  # per batch (and the bank), never all
+    monkeypatch.setattr(incontext, "is_store_backed", lambda exp: False)  # dense rows
+    dense = get_model("incontext", seed=0, **params).fit(exp).net.state_dict()
+    assert max(sizes) == exp.n_cells  # that read them all at once
+    for k, v in lazy.items():
+        np.testing.assert_array_equal(v.numpy(), dense[k].numpy(), err_msg=k)
