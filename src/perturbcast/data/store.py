@@ -18,6 +18,7 @@ sequential-read limit of the same bytes). Compression would trade that speed for
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pandas as pd
 from ..errors import InputError
 
 STORE_FORMAT = "perturbcast-store"
+RELEASE_BYTES = 128 << 20  # see StoreMatrix.note_read
 STORE_VERSION = 1
 
 
@@ -94,9 +96,11 @@ class StoreMatrix:
         self.info = json.loads((self.path / "store.json").read_text())
         # plain ndarray views of the memory maps: slicing them skips np.memmap's per-slice
         # bookkeeping (the maps stay open as the views' base)
-        self.indptr, self.indices, self.data = (
-            np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
-            for name in ("indptr", "indices", "data"))
+        maps = [np.load(self.path / f"{name}.npy", mmap_mode="r")
+                for name in ("indptr", "indices", "data")]
+        self._mmaps = [m._mmap for m in maps if getattr(m, "_mmap", None) is not None]
+        self._read_bytes = 0
+        self.indptr, self.indices, self.data = (np.asarray(m) for m in maps)
         self.n_store_genes = len(self.info["genes"])
         self.row_map, self.cols = row_map, cols
 
@@ -116,7 +120,20 @@ class StoreMatrix:
 
     def csr_rows(self, idx: np.ndarray):
         """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
-        return gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
+        out = gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
+        self.note_read(8 * out[1].size + 8192 * len(idx))  # scattered rows: ~2 pages each
+        return out
+
+    def note_read(self, nbytes: int) -> None:
+        """Count bytes read through the maps; every ``RELEASE_BYTES``, drop this process's
+        mapped pages of the store (``madvise(MADV_DONTNEED)``). They stay in the page cache
+        (touching them again is a minor fault, not a disk read) but leave this process's
+        resident set, which then stays flat however much of the store a pass reads."""
+        self._read_bytes += nbytes
+        if self._read_bytes >= RELEASE_BYTES:
+            self._read_bytes = 0
+            for m in self._mmaps:
+                m.madvise(mmap.MADV_DONTNEED)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 rows ``idx``, shape (len(idx), n_cols)."""
@@ -142,10 +159,25 @@ def open_store(path: str | os.PathLike) -> tuple[StoreMatrix, ad.AnnData, pd.Dat
     if matrix.info.get("format") != STORE_FORMAT or matrix.info.get("version") != STORE_VERSION:
         raise InputError(f"{path}/store.json is not a version-{STORE_VERSION} perturbcast store; "
                          f"convert the h5ad files again with this perturbcast.")
-    obs = pd.read_parquet(path / "obs.parquet")
-    obs.index = obs.pop("obs_name").astype(str).to_numpy()
+    obs = read_obs(path)
     var = pd.DataFrame(index=pd.Index(matrix.info["genes"], dtype=str))
     return matrix, ad.AnnData(obs=obs, var=var), read_groups(path)
+
+
+def read_obs(path: str | os.PathLike) -> pd.DataFrame:
+    """The store's obs, indexed by cell name. Names are kept as one Arrow string buffer
+    (~10 bytes a cell instead of ~60 for Python strings) and Arrow's memory pool is emptied
+    after the conversion, so a 10^7-cell store's obs costs hundreds of MB, not GBs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path) / "obs.parquet")
+    names = table.column("obs_name").cast(pa.string())
+    obs = table.drop_columns(["obs_name"]).to_pandas()
+    obs.index = pd.Index(pd.arrays.ArrowStringArray(names.combine_chunks()))
+    del table, names
+    pa.default_memory_pool().release_unused()
+    return obs
 
 
 def read_groups(path: str | os.PathLike) -> pd.DataFrame:

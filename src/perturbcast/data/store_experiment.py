@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import validate
-from .experiment import NO_CONTEXT, Experiment, select_genes
+from .experiment import NO_CONTEXT, Experiment, select_genes, str_labels
 from .store import open_store
 
 
@@ -37,9 +37,9 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
     validate.check_obs_column(obs, perturbation_key, "--perturbation-key")
     validate.check_obs_column(obs, context_key, "--context-key")
     validate.check_obs_column(obs, batch_key, "--batch-key")
-    labels = obs[perturbation_key].astype(str).to_numpy()
+    labels = str_labels(obs[perturbation_key])
     validate.check_control(labels, control, perturbation_key)
-    contexts = (obs[context_key].astype(str).to_numpy() if context_key
+    contexts = (str_labels(obs[context_key]) if context_key
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
     if drop_small_groups and min_cells > 1:

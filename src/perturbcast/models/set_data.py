@@ -74,19 +74,21 @@ def prepare(exp: Experiment, mask: np.ndarray, params: dict, seed: int,
     batch) and build conditions, latent and encoder inputs."""
     idx = np.flatnonzero(mask)
     x = TrainingRows(exp, idx, params["memory_budget_gb"], params["sampler"] != "rows")
-    perts = exp.perturbations[idx].astype(str)
-    ctxs = exp.contexts[idx].astype(str)
-    batches = exp.batches[idx].astype(str) if exp.batches is not None else None
+    # labels stay object arrays of shared strings (no per-cell copies: 10^7 cells fit)
+    perts, ctxs = exp.perturbations[idx], exp.contexts[idx]
+    batches = exp.batches[idx] if exp.batches is not None else None
     is_ctrl = perts == exp.control
     latent = x.fit_latent(LatentSpace(params["space"], params["n_latent"]), rng)
     groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
     cond_keys = sorted(groups)
-    cond_cells = [np.flatnonzero(~is_ctrl)[groups[k]] for k in cond_keys]
+    perturbed = np.flatnonzero(~is_ctrl)
+    cond_cells = [perturbed[groups[k]] for k in cond_keys]
     context_names = sorted({c for _, c in cond_keys})
-    batch_names = sorted(set(batches)) if batches is not None else []
+    batch_names = sorted(pd.unique(batches)) if batches is not None else []
     ctx_id = {c: i + 1 for i, c in enumerate(context_names)}
-    cell_ctx = np.array([ctx_id.get(c, 0) for c in ctxs])
-    cell_batch = (np.searchsorted(batch_names, batches) + 1) if batches is not None else None
+    cell_ctx = pd.Categorical(ctxs, categories=context_names).codes.astype(np.int64) + 1
+    cell_batch = (pd.Categorical(batches, categories=batch_names).codes.astype(np.int64) + 1
+                  if batches is not None else None)
     doses = training_doses(exp, idx, perts, params["dose_key"], model)
     features, used = build_features(exp, params["embeddings"], seed, x, ctxs, is_ctrl,
                                     cond_keys, cond_cells, model)
