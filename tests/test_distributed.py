@@ -61,3 +61,19 @@ def _check_ranks_match_one_process(tmp_path, prefix, weights, seen):
     for k, v in weights.items():
         np.testing.assert_allclose(ranks[0][f"w.{k}"], v, rtol=1e-4, atol=1e-5, err_msg=k)
         np.testing.assert_allclose(ranks[1][f"w.{k}"], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs on CUDA machines")
+def test_fsdp_without_a_gpu_is_a_one_line_error(sim_exp, tmp_path, sim_adata):
+    from perturbcast.cli import main
+    from perturbcast.errors import InputError
+    from perturbcast.models import get_model
+
+    with pytest.raises(InputError, match="needs CUDA GPUs"):  # Lightning refuses FSDP on CPU
+        get_model("transition", strategy="fsdp", max_steps=1).fit(sim_exp)
+    sim_adata.write_h5ad(tmp_path / "sim.h5ad")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(tmp_path / "sim.h5ad"), "--perturbation-key",
+              "perturbation", "--control", "control", "--model", "flow", "--strategy", "fsdp",
+              "--out", str(tmp_path / "m")])
+    assert exc.value.code == 2 and not (tmp_path / "m").exists()

@@ -60,7 +60,7 @@ from ..data.experiment import Experiment
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import train_network
+from ..train.lightning import check_strategy, train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
@@ -160,6 +160,7 @@ class SetModel(PerturbationModel):
 
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params
+        check_strategy(p["strategy"])  # before any work
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         data = prepare(exp, mask, p, self.seed, rng, self.name)

@@ -226,6 +226,16 @@ class SetTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def check_strategy(strategy: str) -> None:
+    """Fail with one line when ``strategy`` cannot run here: Lightning (2.6) accepts its FSDP
+    strategies only with a CUDA accelerator (``ValueError: The strategy `fsdp` requires a GPU
+    accelerator``), so on a machine without CUDA ``fsdp`` is refused before any work."""
+    if str(strategy).startswith("fsdp") and not torch.cuda.is_available():
+        raise InputError(f"strategy={strategy!r} needs CUDA GPUs (Lightning's FSDP runs only on "
+                         f"a GPU accelerator) and this machine has none; use strategy='ddp' "
+                         f"(CPU processes over gloo) or run on GPUs.")
+
+
 def global_rank() -> int:
     """Rank of this process under torch.distributed (0 when not distributed)."""
     dist = torch.distributed
@@ -280,6 +290,7 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     function of the number only), batches come from it instead of ``make_batch``, fetched by
     ``num_workers`` DataLoader worker processes.
     """
+    check_strategy(config.strategy)
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
     resume = current_resume()
     callbacks: list[L.Callback] = []
