@@ -12,11 +12,13 @@ cells/s over training cells/s (training: the optimisation loop, set-up excluded)
 ``scaling.png`` (time and peak memory vs cells) and ends with one key=value line.
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py [--sizes 10000,100000,1000000] [--out DIR]
+        [--keep DIR]   # keep the data and each stage's figures; a rerun reuses finished stages
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -49,25 +51,35 @@ class AnonPeak:
             time.sleep(0.02)
 
 
-def make_h5ad(path: Path, n_cells: int, seed: int = 0) -> None:
+def make_h5ad(path: Path, n_cells: int, seed: int = 0, chunk: int = 1_000_000) -> None:
+    """Write the synthetic screen in chunks of ``chunk`` cells (10^7 cells fit in memory)."""
     import anndata as ad
+    import h5py
     import pandas as pd
     import scipy.sparse as sp
+    from anndata.io import sparse_dataset, write_elem
 
     rng = np.random.default_rng(seed)
     labels = np.array(["control"] + [f"P{i:03d}" for i in range(200)])
     pert = labels[np.where(rng.random(n_cells) < 0.1, 0, rng.integers(1, 201, n_cells))]
     ctx = np.array(["c0", "c1"])[rng.integers(0, 2, n_cells)]
-    nnz = rng.poisson(0.06 * N_GENES, n_cells)
-    indptr = np.r_[0, np.cumsum(nnz)]
-    row = np.repeat(np.arange(n_cells), nnz)
-    col = rng.integers(0, N_GENES, indptr[-1])
-    x = sp.csr_matrix((rng.poisson(2.0, indptr[-1]).astype(np.float32) + 1, (row, col)),
-                      shape=(n_cells, N_GENES))
-    obs = pd.DataFrame({"perturbation": pert, "context": ctx},
+    obs = pd.DataFrame({"perturbation": pd.Categorical(pert), "context": pd.Categorical(ctx)},
                        index=[f"c{i}" for i in range(n_cells)])
-    ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(N_GENES)])
+    ad.AnnData(obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(N_GENES)])
                ).write_h5ad(path)
+    del obs, pert, ctx
+    with h5py.File(path, "a") as f:
+        for start in range(0, n_cells, chunk):
+            m = min(chunk, n_cells - start)
+            nnz = rng.poisson(0.06 * N_GENES, m)
+            indptr = np.r_[0, np.cumsum(nnz)]
+            col = rng.integers(0, N_GENES, indptr[-1])
+            x = sp.csr_matrix((rng.poisson(2.0, indptr[-1]).astype(np.float32) + 1,
+                               (np.repeat(np.arange(m), nnz), col)), shape=(m, N_GENES))
+            if start == 0:
+                write_elem(f, "X", x)
+            else:
+                sparse_dataset(f["X"]).append(x)
 
 
 def stage(name: str, work: Path, n_cells: int) -> dict:
@@ -118,12 +130,19 @@ def stage(name: str, work: Path, n_cells: int) -> dict:
 
 
 def run_stage(name: str, work: Path, n_cells: int) -> dict:
+    """Run a stage in a fresh process; with a kept work folder, a stage that finished before
+    (its ``NAME.json`` is there) is not run again and its recorded figures are used."""
+    done = work / f"{name}.json"
+    if done.exists():
+        return json.loads(done.read_text())
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--cells",
            str(n_cells)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode:
         raise RuntimeError(f"stage {name} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    done.write_text(json.dumps(out))
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -154,6 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--out", default=".")
+    ap.add_argument("--keep", default=None, help="keep each size's data and stage results "
+                    "in KEEP/cells<N> and reuse the stages already done there")
     ap.add_argument("--stage", default=None)
     ap.add_argument("--work", default=None)
     ap.add_argument("--cells", type=int, default=0)
@@ -163,8 +184,10 @@ def main() -> None:
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-            work = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            work = (Path(args.keep) / f"cells{n}" if args.keep else
+                    Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.out))))
+            work.mkdir(parents=True, exist_ok=True)
             run_stage("make", work, n)
             row = {"cells": n, "convert": run_stage("convert", work, n),
                    "train": run_stage("train", work, n)}

@@ -143,3 +143,25 @@ def test_incontext_reads_store_rows_per_batch(screen, monkeypatch):
     assert max(sizes) == exp.n_cells  # that read them all at once
     for k, v in lazy.items():
         np.testing.assert_array_equal(v.numpy(), dense[k].numpy(), err_msg=k)
+
+
+def test_dropping_mapped_pages_keeps_the_values(screen, tmp_path, monkeypatch):
+    """Store pages are unmapped (madvise) every RELEASE_BYTES read or written; with a release
+    after every read and write, convert writes and the sampler reads the same values."""
+    import perturbcast.data.convert as convert_module
+    import perturbcast.data.store as store_module
+
+    adata, store = screen
+    adata.write_h5ad(tmp_path / "sim.h5ad")
+    monkeypatch.setattr(convert_module, "RELEASE_BYTES", 1)
+    monkeypatch.setattr(store_module, "RELEASE_BYTES", 1)
+    again = convert([tmp_path / "sim.h5ad"], tmp_path / "st", "perturbation", "control",
+                    context_key="context", chunk_size=50)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(np.load(again / f"{name}.npy"),
+                                      np.load(store / f"{name}.npy"), err_msg=name)
+    a, b = (StoreSetSampler(s, set_size=8, n_sets=2, seed=0) for s in (store, again))
+    for i in range(3):
+        np.testing.assert_array_equal(a.batch(0, i)["pert"].data, b.batch(0, i)["pert"].data)
+    rows = np.arange(0, 500, 7)
+    np.testing.assert_array_equal(StoreMatrix(again).rows(rows), StoreMatrix(store).rows(rows))
