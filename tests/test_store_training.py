@@ -165,3 +165,19 @@ def test_dropping_mapped_pages_keeps_the_values(screen, tmp_path, monkeypatch):
         np.testing.assert_array_equal(a.batch(0, i)["pert"].data, b.batch(0, i)["pert"].data)
     rows = np.arange(0, 500, 7)
     np.testing.assert_array_equal(StoreMatrix(again).rows(rows), StoreMatrix(store).rows(rows))
+
+
+def test_store_training_keeps_base_validation_and_early_stopping(screen):
+    _, store = screen
+    exp = read_experiment(store, "perturbation", "control", context_key="context")
+    model = _fit(exp, base="additive", max_steps=300, max_epochs=None, patience=1,
+                 min_delta=0.9)
+    s = model.training_summary
+    assert s["sampler"] == "store" and s["base"] == "additive"
+    assert s["stopped_early"] and s["steps"] == 200  # 2 validations (every 100 steps)
+    assert len(s["val_loss_per_epoch"]) == 2 and np.isfinite(s["best_val_loss"])
+    untrained = _fit(exp, base="additive", max_steps=0)  # the correction starts at zero
+    conds = [("G0001", "ctx0")]
+    additive = get_model("additive").fit(exp)
+    np.testing.assert_allclose(untrained.predict(exp, conds, n_cells=30).X.mean(0),
+                               additive.predict(exp, conds, n_cells=30).X.mean(0), atol=1e-3)
