@@ -32,9 +32,10 @@ embeddings : "default" (the built-in human gene table; "train" with a warning wh
 dose_key : obs column with a dose per cell (scalar input), or None
 devices, num_nodes, strategy, precision : passed to ``lightning.Trainer`` (multi-GPU / multi-node;
     under DDP each step's ``n_sets`` sets are split evenly over the ranks, so a run on k
-    processes takes the same optimiser steps as one process with the same global batch)
-memory_budget_gb : load the training cells densely when they fit in this many GB, else read
-    each batch's cells from disk (out-of-core data; announced with a warning)
+    processes takes the same optimiser steps as one process with the same global batch);
+    ``strategy="fsdp"`` needs CUDA (Lightning refuses FSDP on CPU: a one-line error)
+memory_budget_gb : (AnnData input, or ``sampler="rows"``) load the training cells densely when
+    they fit in this many GB, else read each batch's cells from disk (announced with a warning)
 sampler, num_workers : "auto" (default): on a store-backed Experiment, training sets are runs of
     the store drawn by :class:`~perturbcast.data.store_sampler.StoreSetSampler` (see
     :mod:`~perturbcast.models.store_set_batches`; nothing is loaded whole, ``num_workers``
