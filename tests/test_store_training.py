@@ -171,7 +171,7 @@ def test_store_training_keeps_base_validation_and_early_stopping(screen):
     _, store = screen
     exp = read_experiment(store, "perturbation", "control", context_key="context")
     model = _fit(exp, base="additive", max_steps=300, max_epochs=None, patience=1,
-                 min_delta=0.9)
+                 min_delta=0.9, set_size=8, n_sets=2, dim=8)
     s = model.training_summary
     assert s["sampler"] == "store" and s["base"] == "additive"
     assert s["stopped_early"] and s["steps"] == 200  # 2 validations (every 100 steps)
