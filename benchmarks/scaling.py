@@ -13,6 +13,7 @@ cells/s over training cells/s (training: the optimisation loop, set-up excluded)
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py [--sizes 10000,100000,1000000] [--out DIR]
         [--keep DIR]   # keep the data and each stage's figures; a rerun reuses finished stages
+        [--max-steps N --cap-from 10000000]   # cap the epoch of the largest sizes
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def make_h5ad(path: Path, n_cells: int, seed: int = 0, chunk: int = 1_000_000) -
                 sparse_dataset(f["X"]).append(x)
 
 
-def stage(name: str, work: Path, n_cells: int) -> dict:
-    """Run one stage in this process; returns seconds and peak RSS (MB)."""
+def stage(name: str, work: Path, n_cells: int, max_steps: int | None = None) -> dict:
+    """Run one stage in this process; returns seconds and peak RSS (MB). ``max_steps`` caps
+    the training epoch (its time is then extrapolated from the steps run, and reported)."""
     t0 = time.perf_counter()
     anon = AnonPeak()
     out: dict = {}
@@ -117,26 +119,31 @@ def stage(name: str, work: Path, n_cells: int) -> dict:
         set_model.train_network = timer(set_model.train_network, "train")
         exp = read_experiment(work / "store", "perturbation", "control", context_key="context",
                               drop_small_groups=True)
-        steps = max(1, math.ceil(int((~exp.is_control).sum()) / (N_SETS * SET_SIZE)))
+        epoch = max(1, math.ceil(int((~exp.is_control).sum()) / (N_SETS * SET_SIZE)))
+        steps = min(epoch, max_steps or epoch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = get_model("transition", max_steps=steps, **MODEL).fit(exp)
         assert model.training_summary["sampler"] == "store", model.training_summary
-        out.update(steps=steps, loader_seconds=timed["loader"], train_seconds=timed["train"])
+        out.update(steps=steps, epoch_steps=epoch, loader_seconds=timed["loader"],
+                   train_seconds=timed["train"])
     out["seconds"] = time.perf_counter() - t0
+    if out.get("steps", 0) < out.get("epoch_steps", 0):  # capped: extrapolate the loop
+        out["measured_seconds"] = out["seconds"]
+        out["seconds"] += out["train_seconds"] * (out["epoch_steps"] / out["steps"] - 1)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["peak_anon_mb"] = anon.peak_kb / 1024
     return out
 
 
-def run_stage(name: str, work: Path, n_cells: int) -> dict:
+def run_stage(name: str, work: Path, n_cells: int, max_steps: int = 0) -> dict:
     """Run a stage in a fresh process; with a kept work folder, a stage that finished before
     (its ``NAME.json`` is there) is not run again and its recorded figures are used."""
     done = work / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--cells",
-           str(n_cells)]
+           str(n_cells), "--max-steps", str(max_steps)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode:
         raise RuntimeError(f"stage {name} failed:\n{res.stderr[-2000:]}")
@@ -175,12 +182,15 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     ap.add_argument("--keep", default=None, help="keep each size's data and stage results "
                     "in KEEP/cells<N> and reuse the stages already done there")
+    ap.add_argument("--max-steps", type=int, default=0, help="cap the training epoch of "
+                    "sizes >= --cap-from at this many steps (epoch time extrapolated)")
+    ap.add_argument("--cap-from", type=int, default=10**7)
     ap.add_argument("--stage", default=None)
     ap.add_argument("--work", default=None)
     ap.add_argument("--cells", type=int, default=0)
     args = ap.parse_args()
     if args.stage:
-        print(json.dumps(stage(args.stage, Path(args.work), args.cells)))
+        print(json.dumps(stage(args.stage, Path(args.work), args.cells, args.max_steps)))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -190,14 +200,17 @@ def main() -> None:
             work.mkdir(parents=True, exist_ok=True)
             run_stage("make", work, n)
             row = {"cells": n, "convert": run_stage("convert", work, n),
-                   "train": run_stage("train", work, n)}
+                   "train": run_stage("train", work, n,
+                                      args.max_steps if n >= args.cap_from else 0)}
         t = row["train"]
         cells = t["steps"] * N_SETS * SET_SIZE * 2  # perturbed + matched control cells
         t["cells_per_s"] = cells / t["train_seconds"]
         t["loader_cells_per_s"] = cells / t["loader_seconds"]
         rows.append(row)
+        capped = (f" of {t['epoch_steps']} (capped; epoch time extrapolated)"
+                  if t["steps"] < t.get("epoch_steps", 0) else "")
         print(f"{n:>10,} cells: convert {row['convert']['seconds']:6.1f}s "
-              f"({row['convert']['peak_rss_mb']:5.0f} MB), train {t['steps']} steps "
+              f"({row['convert']['peak_rss_mb']:5.0f} MB), train {t['steps']}{capped} steps "
               f"{t['seconds']:6.1f}s (loop {t['train_seconds']:.1f}s, loader "
               f"{t['loader_seconds']:.1f}s; peak RSS {t['peak_rss_mb']:5.0f} MB, anonymous "
               f"{t['peak_anon_mb']:5.0f} MB), {t['cells_per_s']:,.0f} training cells/s, "
@@ -207,6 +220,9 @@ def main() -> None:
     print("sizes=" + ",".join(str(r["cells"]) for r in rows)
           + " convert_s=" + ",".join(f"{r['convert']['seconds']:.1f}" for r in rows)
           + " train_epoch_s=" + ",".join(f"{r['train']['seconds']:.1f}" for r in rows)
+          + " train_steps=" + ",".join(
+              f"{r['train']['steps']}/{r['train'].get('epoch_steps', r['train']['steps'])}"
+              for r in rows)
           + " convert_rss_mb=" + ",".join(f"{r['convert']['peak_rss_mb']:.0f}" for r in rows)
           + " train_rss_mb=" + ",".join(f"{r['train']['peak_rss_mb']:.0f}" for r in rows)
           + " train_anon_mb=" + ",".join(f"{r['train']['peak_anon_mb']:.0f}" for r in rows)
