@@ -160,10 +160,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
     n = np.array([r["cells"] for r in rows], float)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("convert", "convert"), ("train", "train one epoch")):
-        ax[0].loglog(n, [r[key]["seconds"] for r in rows], "o-", label=label)
-        ax[1].semilogx(n, [r[key]["peak_rss_mb"] for r in rows], "o-", label=f"{label}: RSS")
-        ax[1].semilogx(n, [r[key]["peak_anon_mb"] for r in rows], "s--",
+    for key, label, color in (("convert", "convert", "C0"), ("train", "train one epoch", "C1")):
+        ax[0].loglog(n, [r[key]["seconds"] for r in rows], "o-", color=color, label=label)
+        ax[1].semilogx(n, [r[key]["peak_rss_mb"] for r in rows], "o-", color=color,
+                       label=f"{label}: RSS")
+        ax[1].semilogx(n, [r[key]["peak_anon_mb"] for r in rows], "s--", color=color,
                        label=f"{label}: anonymous")
     t = rows[-1]["train"]["seconds"]
     ax[0].loglog(n, t * n / n[-1], ":", color="grey", label="linear in cells")
