@@ -181,3 +181,11 @@ def test_store_training_keeps_base_validation_and_early_stopping(screen):
     additive = get_model("additive").fit(exp)
     np.testing.assert_allclose(untrained.predict(exp, conds, n_cells=30).X.mean(0),
                                additive.predict(exp, conds, n_cells=30).X.mean(0), atol=1e-3)
+
+
+def test_a_context_without_training_controls_is_named(screen):
+    _, store = screen
+    exp = read_experiment(store, "perturbation", "control", context_key="context")
+    mask = ~(exp.is_control & (exp.contexts == "ctx1"))
+    with pytest.raises(InputError, match="context 'ctx1' has perturbed training cells"):
+        get_model("transition", max_steps=1, **TINY).fit(exp, mask)

@@ -73,9 +73,11 @@ def split_tails(runs: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.D
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def match_controls(pert: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
+def match_controls(pert: pd.DataFrame, ctrl: pd.DataFrame, context_names: list[str]
+                   ) -> pd.DataFrame:
     """``pert`` runs with ``ctrl_start, ctrl_stop``: the largest control run of the same
-    context and batch (>= ``MIN_BATCH_CONTROLS`` cells), else the largest of the context."""
+    context and batch (>= ``MIN_BATCH_CONTROLS`` cells), else the largest of the context
+    (context ids are 1-based positions in ``context_names``)."""
     ctrl = ctrl.sort_values("size", ascending=False, kind="stable")
     by_cb = {(c, b): (s, e) for c, b, s, e, n in ctrl[["context", "batch", "start", "stop",
                                                        "size"]].itertuples(index=False)
@@ -87,8 +89,9 @@ def match_controls(pert: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     for c, b in pert[["context", "batch"]].itertuples(index=False):
         found = by_cb.get((c, b)) or by_c.get(c)
         if found is None:
-            raise InputError(f"context #{c} has perturbed training cells but no control cells "
-                             f"in training; sets need controls of the same context.")
+            raise InputError(f"context {context_names[c - 1]!r} has perturbed training cells "
+                             f"but no control cells in training; sets need controls of the "
+                             f"same context.")
         bounds.append(found)
     out = pert.copy()
     out[["ctrl_start", "ctrl_stop"]] = np.asarray(bounds, np.int64).reshape(-1, 2)
@@ -113,9 +116,10 @@ class StoreSetBatches:
         pert_train, pert_val = split_tails(pert, frac)
         ctrl_train, ctrl_val = (split_tails(ctrl, frac) if params["val_controls"] == "held_out"
                                 else (ctrl, ctrl))
-        self.train_runs = match_controls(pert_train, ctrl_train)
-        self.val_runs = (match_controls(pert_val, ctrl_val) if len(pert_val) and len(ctrl_val)
-                         else None)
+        names = data.context_names
+        self.train_runs = match_controls(pert_train, ctrl_train, names)
+        self.val_runs = (match_controls(pert_val, ctrl_val, names)
+                         if len(pert_val) and len(ctrl_val) else None)
         self.enc_t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.enc.items()}
         self.path = data.rows.exp.matrix.path
         self.seed = seed
