@@ -17,6 +17,7 @@ sequential-read limit of the same bytes). Compression would trade that speed for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -75,6 +76,27 @@ def csr_to_dense(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, n_cols: int,
     return out
 
 
+_MAPS: dict[tuple, dict] = {}
+
+
+def _shared_maps(path: Path) -> dict:
+    """One set of memory maps per store files and process, shared by every
+    :class:`StoreMatrix` view of them (so releasing pages releases all of them): plain ndarray
+    views of the maps (slicing them skips np.memmap's per-slice bookkeeping), the mmap objects
+    and a count of bytes read since the last release. Keyed by the files' identity, so a store
+    written again at the same path is mapped afresh."""
+    stats = [(path / f"{name}.npy").stat() for name in ("indptr", "indices", "data")]
+    key = (str(path.resolve()), os.getpid(), *((st.st_ino, st.st_mtime_ns) for st in stats))
+    if key not in _MAPS:
+        _MAPS.clear()  # one store at a time is kept mapped (earlier views keep their own)
+        maps = [np.load(path / f"{name}.npy", mmap_mode="r")
+                for name in ("indptr", "indices", "data")]
+        _MAPS[key] = {"arrays": tuple(np.asarray(m) for m in maps),
+                      "mmaps": [m._mmap for m in maps if getattr(m, "_mmap", None) is not None],
+                      "read": 0}
+    return _MAPS[key]
+
+
 class StoreMatrix:
     """Matrix backend of an :class:`~perturbcast.data.Experiment` read from a store.
 
@@ -94,13 +116,8 @@ class StoreMatrix:
                  cols: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.info = json.loads((self.path / "store.json").read_text())
-        # plain ndarray views of the memory maps: slicing them skips np.memmap's per-slice
-        # bookkeeping (the maps stay open as the views' base)
-        maps = [np.load(self.path / f"{name}.npy", mmap_mode="r")
-                for name in ("indptr", "indices", "data")]
-        self._mmaps = [m._mmap for m in maps if getattr(m, "_mmap", None) is not None]
-        self._read_bytes = 0
-        self.indptr, self.indices, self.data = (np.asarray(m) for m in maps)
+        self._maps = _shared_maps(self.path)
+        self.indptr, self.indices, self.data = self._maps["arrays"]
         self.n_store_genes = len(self.info["genes"])
         self.row_map, self.cols = row_map, cols
 
@@ -121,7 +138,7 @@ class StoreMatrix:
     def csr_rows(self, idx: np.ndarray):
         """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
         out = gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
-        self.note_read(8 * out[1].size + 8192 * len(idx))  # scattered rows: ~2 pages each
+        self.note_read(8 * out[1].size + 12288 * len(idx))  # scattered rows: ~3 pages each
         return out
 
     def note_read(self, nbytes: int) -> None:
@@ -129,10 +146,11 @@ class StoreMatrix:
         mapped pages of the store (``madvise(MADV_DONTNEED)``). They stay in the page cache
         (touching them again is a minor fault, not a disk read) but leave this process's
         resident set, which then stays flat however much of the store a pass reads."""
-        self._read_bytes += nbytes
-        if self._read_bytes >= RELEASE_BYTES:
-            self._read_bytes = 0
-            for m in self._mmaps:
+        maps = self._maps
+        maps["read"] += nbytes
+        if maps["read"] >= RELEASE_BYTES:
+            maps["read"] = 0
+            for m in maps["mmaps"]:
                 m.madvise(mmap.MADV_DONTNEED)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
@@ -161,7 +179,22 @@ def open_store(path: str | os.PathLike) -> tuple[StoreMatrix, ad.AnnData, pd.Dat
                          f"convert the h5ad files again with this perturbcast.")
     obs = read_obs(path)
     var = pd.DataFrame(index=pd.Index(matrix.info["genes"], dtype=str))
-    return matrix, ad.AnnData(obs=obs, var=var), read_groups(path)
+    with _names_known_unique():
+        adata = ad.AnnData(obs=obs, var=var)
+    return matrix, adata, read_groups(path)
+
+
+@contextlib.contextmanager
+def _names_known_unique():
+    """Skip AnnData's check that obs / var names are unique while a store's AnnData is made:
+    convert made cell names unique and genes are unique by construction, and the check hashes
+    every name as a Python string (a ~1 GB transient at 10^7 cells)."""
+    check = ad.AnnData._check_uniqueness
+    ad.AnnData._check_uniqueness = lambda self: None
+    try:
+        yield
+    finally:
+        ad.AnnData._check_uniqueness = check
 
 
 def read_obs(path: str | os.PathLike) -> pd.DataFrame:

@@ -6,7 +6,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from . import validate
 from .experiment import NO_CONTEXT, Experiment, select_genes, str_labels
@@ -43,8 +42,7 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
     if drop_small_groups and min_cells > 1:
-        size = pd.Series(1, index=pd.MultiIndex.from_arrays([labels, contexts])).groupby(
-            level=[0, 1]).transform("size").to_numpy()
+        size = validate.group_sizes(labels, contexts)
         keep &= (size >= min_cells) | (labels == control)
     validate.check_group_sizes(labels[keep], contexts[keep], min_cells, perturbation_key)
     exp = Experiment(adata=adata, perturbation_key=perturbation_key, control=control,
