@@ -138,7 +138,9 @@ class StoreMatrix:
     def csr_rows(self, idx: np.ndarray):
         """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
         out = gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
-        self.note_read(8 * out[1].size + 12288 * len(idx))  # scattered rows: ~3 pages each
+        # scattered rows: a page fault maps up to 64 KB of cached neighbours ("fault-around")
+        # in each of the 3 arrays, so count that much per row
+        self.note_read(8 * out[1].size + 3 * 65536 * len(idx))
         return out
 
     def note_read(self, nbytes: int) -> None:

@@ -75,8 +75,10 @@ def prepare(exp: Experiment, mask: np.ndarray, params: dict, seed: int,
     idx = np.flatnonzero(mask)
     x = TrainingRows(exp, idx, params["memory_budget_gb"], params["sampler"] != "rows")
     # labels stay object arrays of shared strings (no per-cell copies: 10^7 cells fit)
-    perts, ctxs = exp.perturbations[idx], exp.contexts[idx]
-    batches = exp.batches[idx] if exp.batches is not None else None
+    def take(labels):
+        return labels if labels is None or idx.size == exp.n_cells else labels[idx]
+
+    perts, ctxs, batches = take(exp.perturbations), take(exp.contexts), take(exp.batches)
     is_ctrl = perts == exp.control
     latent = x.fit_latent(LatentSpace(params["space"], params["n_latent"]), rng)
     groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
@@ -86,8 +88,8 @@ def prepare(exp: Experiment, mask: np.ndarray, params: dict, seed: int,
     context_names = sorted({c for _, c in cond_keys})
     batch_names = sorted(pd.unique(batches)) if batches is not None else []
     ctx_id = {c: i + 1 for i, c in enumerate(context_names)}
-    cell_ctx = pd.Categorical(ctxs, categories=context_names).codes.astype(np.int64) + 1
-    cell_batch = (pd.Categorical(batches, categories=batch_names).codes.astype(np.int64) + 1
+    cell_ctx = pd.Categorical(ctxs, categories=context_names).codes.astype(np.int32) + 1
+    cell_batch = (pd.Categorical(batches, categories=batch_names).codes.astype(np.int32) + 1
                   if batches is not None else None)
     doses = training_doses(exp, idx, perts, params["dose_key"], model)
     features, used = build_features(exp, params["embeddings"], seed, x, ctxs, is_ctrl,

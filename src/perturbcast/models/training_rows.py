@@ -81,7 +81,7 @@ class TrainingRows:
     def fit_latent(self, latent: LatentSpace, rng: np.random.Generator) -> LatentSpace:
         """Fit ``latent`` on a bounded random sample; encode everything once if dense."""
         if self.mode == "store":
-            self.latent = latent.fit_sparse(self.csr, self.idx.size, rng)
+            self.latent = latent.fit_sparse(self.csr, self.idx.size, rng, chunk=1024)
             return latent
         self.latent = latent.fit_rows(self.read, self.idx.size, rng)
         if self.x is not None:
