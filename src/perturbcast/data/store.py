@@ -58,6 +58,12 @@ def gather_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: 
     return ptr, np.asarray(indices[pos]), np.asarray(data[pos])
 
 
+def _runs(idx: np.ndarray) -> int:
+    """Number of runs of consecutive values in ``idx`` (each run faults its own pages)."""
+    idx = np.asarray(idx)
+    return int(idx.size and 1 + np.count_nonzero(np.diff(idx) != 1))
+
+
 def csr_to_dense(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, n_cols: int,
                  cols: np.ndarray | None = None) -> np.ndarray:
     """Dense float32 rows, shape (len(ptr) - 1, n_cols or len(cols)), from CSR pieces."""
@@ -137,10 +143,11 @@ class StoreMatrix:
 
     def csr_rows(self, idx: np.ndarray):
         """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
-        out = gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
-        # scattered rows: a page fault maps up to 64 KB of cached neighbours ("fault-around")
-        # in each of the 3 arrays, so count that much per row
-        self.note_read(8 * out[1].size + 3 * 65536 * len(idx))
+        rows = self.store_rows(idx)
+        out = gather_csr(self.indptr, self.indices, self.data, rows)
+        # a page fault maps up to 64 KB of cached neighbours ("fault-around") in each of the
+        # 3 arrays, so each run of consecutive rows counts that much on top of its bytes
+        self.note_read(8 * out[1].size + 3 * 65536 * _runs(rows))
         return out
 
     def note_read(self, nbytes: int) -> None:

@@ -191,7 +191,7 @@ class StoreSetSampler:
                 ptrs.append(np.cumsum(b - a) + base)
                 rows.append(s + pick)
                 base += int((b - a).sum())
-        self.matrix.note_read(8 * base)
+        self.matrix.note_read(8 * base + 3 * 65536 * len(runs))  # + each run's fault-around
         return CSRSets(np.concatenate(ptrs), np.concatenate(inds), np.concatenate(vals),
                        np.stack(rows))
 
