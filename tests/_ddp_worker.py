@@ -16,11 +16,15 @@ PARAMS = dict(max_steps=6, n_sets=4, set_size=8, dim=16, depth=1, n_heads=2, n_l
               learned_dropout=0.0, context_dropout=0.0, patience=100)
 
 
-def train_and_record(devices: int, strategy: str = "auto"):
-    """Fit on a tiny simulated screen; returns (weights, x1 of every training batch)."""
-    a = simulate(n_genes=30, n_singles=4, n_combos=0, n_contexts=1, n_batches=1,
-                 cells_per_condition=40, control_cells=80, seed=1)
-    exp = read_experiment(a, "perturbation", "control")
+def tiny_screen():
+    return simulate(n_genes=30, n_singles=4, n_combos=0, n_contexts=1, n_batches=1,
+                    cells_per_condition=40, control_cells=80, seed=1)
+
+
+def train_and_record(devices: int, strategy: str = "auto", store: str | None = None):
+    """Fit on a tiny simulated screen (or its store: sets from the store sampler); returns
+    (weights, x1 of every training batch)."""
+    exp = read_experiment(store or tiny_screen(), "perturbation", "control")
     model = get_model("transition", seed=0, devices=devices, strategy=strategy, **PARAMS)
     seen: list[np.ndarray] = []
     loss = model.loss
@@ -32,12 +36,16 @@ def train_and_record(devices: int, strategy: str = "auto"):
 
     model.loss = recording_loss
     model.fit(exp)
+    assert model.training_summary["sampler"] == ("store" if store else "rows")
     weights = {k: v.detach().numpy() for k, v in model.net.state_dict().items()}
     return weights, np.stack(seen)
 
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
-    w, seen = train_and_record(int(sys.argv[2]), sys.argv[3])
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    np.savez(out / f"rank{rank}.npz", seen=seen, **{f"w.{k}": v for k, v in w.items()})
+    stores = [None] + sys.argv[4:5]  # the in-memory screen, then its store if given
+    for store in stores:
+        w, seen = train_and_record(int(sys.argv[2]), sys.argv[3], store)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        name = f"{'store_' if store else ''}rank{rank}.npz"
+        np.savez(out / name, seen=seen, **{f"w.{k}": v for k, v in w.items()})

@@ -15,6 +15,7 @@ by ``seed``, so any contiguous run of a group is a random sample of it.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import warnings
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from ..utils import atomic_path
 from . import validate
 from .experiment import NO_CONTEXT
 from .preprocess import TARGET_SUM, detect_scale, normalize_log1p
-from .store import STORE_FORMAT, STORE_VERSION
+from .store import RELEASE_BYTES, STORE_FORMAT, STORE_VERSION
 
 NO_BATCH = "all"
 
@@ -111,7 +112,7 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
         total = int(indptr[-1])
         indices = np.lib.format.open_memmap(tmp / "indices.npy", "w+", np.int32, (total,))
         data = np.lib.format.open_memmap(tmp / "data.npy", "w+", np.float32, (total,))
-        offset = 0
+        offset = written = 0
         for f, s, cm in zip(files, sources, col_maps, strict=True):  # pass 2: write the rows
             for blk in _blocks(f, s["input_scale"], cm, len(genes), chunk_size):
                 rows = dest[offset: offset + blk.shape[0]]
@@ -120,6 +121,11 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
                 indices[pos] = blk.indices
                 data[pos] = blk.data
                 offset += blk.shape[0]
+                written += 8 * blk.nnz + 16384 * blk.shape[0]  # scattered rows: ~4 pages each
+                if written >= RELEASE_BYTES:  # unmap written pages (kept, dirty, in the page
+                    written = 0               # cache): RSS stays flat with the store's size
+                    for m in (indices, data):
+                        m._mmap.madvise(mmap.MADV_DONTNEED)
         indices.flush()
         data.flush()
         del indices, data

@@ -79,20 +79,20 @@ class Experiment:
     @cached_property
     def perturbations(self) -> np.ndarray:
         """Perturbation label per cell, shape (n_cells,)."""
-        return self.adata.obs[self.perturbation_key].astype(str).to_numpy()
+        return str_labels(self.adata.obs[self.perturbation_key])
 
     @cached_property
     def contexts(self) -> np.ndarray:
         """Context label per cell ('all' without a context key), shape (n_cells,)."""
         if self.context_key is None:
             return np.full(self.n_cells, NO_CONTEXT, dtype=object)
-        return self.adata.obs[self.context_key].astype(str).to_numpy()
+        return str_labels(self.adata.obs[self.context_key])
 
     @cached_property
     def batches(self) -> np.ndarray | None:
         if self.batch_key is None:
             return None
-        return self.adata.obs[self.batch_key].astype(str).to_numpy()
+        return str_labels(self.adata.obs[self.batch_key])
 
     @property
     def is_control(self) -> np.ndarray:
@@ -216,3 +216,14 @@ class Experiment:
             f"{len(self.perturbation_names())} perturbations + control {self.control!r}; "
             f"{len(self.context_names())} context(s); input {self.input_scale}"
         )
+
+
+def str_labels(column: pd.Series) -> np.ndarray:
+    """``column.astype(str).to_numpy()``; for a categorical column without missing values,
+    the category strings taken by code (one shared string per category, not one per cell)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        if codes.size and codes.min() >= 0:
+            names = np.asarray(column.cat.categories.astype(str).to_numpy(), dtype=object)
+            return names[codes]
+    return column.astype(str).to_numpy()

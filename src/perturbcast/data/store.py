@@ -17,7 +17,9 @@ sequential-read limit of the same bytes). Compression would trade that speed for
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import pandas as pd
 from ..errors import InputError
 
 STORE_FORMAT = "perturbcast-store"
+RELEASE_BYTES = 128 << 20  # see StoreMatrix.note_read
 STORE_VERSION = 1
 
 
@@ -55,6 +58,12 @@ def gather_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: 
     return ptr, np.asarray(indices[pos]), np.asarray(data[pos])
 
 
+def _runs(idx: np.ndarray) -> int:
+    """Number of runs of consecutive values in ``idx`` (each run faults its own pages)."""
+    idx = np.asarray(idx)
+    return int(idx.size and 1 + np.count_nonzero(np.diff(idx) != 1))
+
+
 def csr_to_dense(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, n_cols: int,
                  cols: np.ndarray | None = None) -> np.ndarray:
     """Dense float32 rows, shape (len(ptr) - 1, n_cols or len(cols)), from CSR pieces."""
@@ -71,6 +80,27 @@ def csr_to_dense(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, n_cols: int,
     out = np.zeros((n, cols.size), np.float32)
     out[row[keep], new[keep]] = val[keep]
     return out
+
+
+_MAPS: dict[tuple, dict] = {}
+
+
+def _shared_maps(path: Path) -> dict:
+    """One set of memory maps per store files and process, shared by every
+    :class:`StoreMatrix` view of them (so releasing pages releases all of them): plain ndarray
+    views of the maps (slicing them skips np.memmap's per-slice bookkeeping), the mmap objects
+    and a count of bytes read since the last release. Keyed by the files' identity, so a store
+    written again at the same path is mapped afresh."""
+    stats = [(path / f"{name}.npy").stat() for name in ("indptr", "indices", "data")]
+    key = (str(path.resolve()), os.getpid(), *((st.st_ino, st.st_mtime_ns) for st in stats))
+    if key not in _MAPS:
+        _MAPS.clear()  # one store at a time is kept mapped (earlier views keep their own)
+        maps = [np.load(path / f"{name}.npy", mmap_mode="r")
+                for name in ("indptr", "indices", "data")]
+        _MAPS[key] = {"arrays": tuple(np.asarray(m) for m in maps),
+                      "mmaps": [m._mmap for m in maps if getattr(m, "_mmap", None) is not None],
+                      "read": 0}
+    return _MAPS[key]
 
 
 class StoreMatrix:
@@ -92,11 +122,8 @@ class StoreMatrix:
                  cols: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.info = json.loads((self.path / "store.json").read_text())
-        # plain ndarray views of the memory maps: slicing them skips np.memmap's per-slice
-        # bookkeeping (the maps stay open as the views' base)
-        self.indptr, self.indices, self.data = (
-            np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
-            for name in ("indptr", "indices", "data"))
+        self._maps = _shared_maps(self.path)
+        self.indptr, self.indices, self.data = self._maps["arrays"]
         self.n_store_genes = len(self.info["genes"])
         self.row_map, self.cols = row_map, cols
 
@@ -116,7 +143,24 @@ class StoreMatrix:
 
     def csr_rows(self, idx: np.ndarray):
         """CSR pieces (ptr, indices, data) of rows ``idx`` in store gene space."""
-        return gather_csr(self.indptr, self.indices, self.data, self.store_rows(idx))
+        rows = self.store_rows(idx)
+        out = gather_csr(self.indptr, self.indices, self.data, rows)
+        # a page fault maps up to 64 KB of cached neighbours ("fault-around") in each of the
+        # 3 arrays, so each run of consecutive rows counts that much on top of its bytes
+        self.note_read(8 * out[1].size + 3 * 65536 * _runs(rows))
+        return out
+
+    def note_read(self, nbytes: int) -> None:
+        """Count bytes read through the maps; every ``RELEASE_BYTES``, drop this process's
+        mapped pages of the store (``madvise(MADV_DONTNEED)``). They stay in the page cache
+        (touching them again is a minor fault, not a disk read) but leave this process's
+        resident set, which then stays flat however much of the store a pass reads."""
+        maps = self._maps
+        maps["read"] += nbytes
+        if maps["read"] >= RELEASE_BYTES:
+            maps["read"] = 0
+            for m in maps["mmaps"]:
+                m.madvise(mmap.MADV_DONTNEED)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 rows ``idx``, shape (len(idx), n_cols)."""
@@ -142,10 +186,40 @@ def open_store(path: str | os.PathLike) -> tuple[StoreMatrix, ad.AnnData, pd.Dat
     if matrix.info.get("format") != STORE_FORMAT or matrix.info.get("version") != STORE_VERSION:
         raise InputError(f"{path}/store.json is not a version-{STORE_VERSION} perturbcast store; "
                          f"convert the h5ad files again with this perturbcast.")
-    obs = pd.read_parquet(path / "obs.parquet")
-    obs.index = obs.pop("obs_name").astype(str).to_numpy()
+    obs = read_obs(path)
     var = pd.DataFrame(index=pd.Index(matrix.info["genes"], dtype=str))
-    return matrix, ad.AnnData(obs=obs, var=var), read_groups(path)
+    with _names_known_unique():
+        adata = ad.AnnData(obs=obs, var=var)
+    return matrix, adata, read_groups(path)
+
+
+@contextlib.contextmanager
+def _names_known_unique():
+    """Skip AnnData's check that obs / var names are unique while a store's AnnData is made:
+    convert made cell names unique and genes are unique by construction, and the check hashes
+    every name as a Python string (a ~1 GB transient at 10^7 cells)."""
+    check = ad.AnnData._check_uniqueness
+    ad.AnnData._check_uniqueness = lambda self: None
+    try:
+        yield
+    finally:
+        ad.AnnData._check_uniqueness = check
+
+
+def read_obs(path: str | os.PathLike) -> pd.DataFrame:
+    """The store's obs, indexed by cell name. Names are kept as one Arrow string buffer
+    (~10 bytes a cell instead of ~60 for Python strings) and Arrow's memory pool is emptied
+    after the conversion, so a 10^7-cell store's obs costs hundreds of MB, not GBs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(path) / "obs.parquet")
+    names = table.column("obs_name").cast(pa.string())
+    obs = table.drop_columns(["obs_name"]).to_pandas()
+    obs.index = pd.Index(pd.arrays.ArrowStringArray(names.combine_chunks()))
+    del table, names
+    pa.default_memory_pool().release_unused()
+    return obs
 
 
 def read_groups(path: str | os.PathLike) -> pd.DataFrame:

@@ -6,10 +6,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from . import validate
-from .experiment import NO_CONTEXT, Experiment
+from .experiment import NO_CONTEXT, Experiment, str_labels
 from .reading import select_genes
 from .store import open_store
 
@@ -38,14 +37,13 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
     validate.check_obs_column(obs, perturbation_key, "--perturbation-key")
     validate.check_obs_column(obs, context_key, "--context-key")
     validate.check_obs_column(obs, batch_key, "--batch-key")
-    labels = obs[perturbation_key].astype(str).to_numpy()
+    labels = str_labels(obs[perturbation_key])
     validate.check_control(labels, control, perturbation_key)
-    contexts = (obs[context_key].astype(str).to_numpy() if context_key
+    contexts = (str_labels(obs[context_key]) if context_key
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
     if drop_small_groups and min_cells > 1:
-        size = pd.Series(1, index=pd.MultiIndex.from_arrays([labels, contexts])).groupby(
-            level=[0, 1]).transform("size").to_numpy()
+        size = validate.group_sizes(labels, contexts)
         keep &= (size >= min_cells) | (labels == control)
     validate.check_group_sizes(labels[keep], contexts[keep], min_cells, perturbation_key)
     exp = Experiment(adata=adata, perturbation_key=perturbation_key, control=control,

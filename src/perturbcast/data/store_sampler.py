@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -97,6 +98,55 @@ class StoreSetSampler:
                 raise InputError(f"context {c!r} of the store has no control cells; "
                                  f"sets need controls of the same context.")
 
+    @classmethod
+    def from_segments(cls, path: str | os.PathLike, segments: pd.DataFrame, set_size: int,
+                      n_sets: int, seed: int = 0) -> StoreSetSampler:
+        """A sampler over explicit runs of store rows instead of the store's group table.
+
+        ``segments`` has one row per perturbed run: ``start, stop`` (store rows, contiguous)
+        and ``ctrl_start, ctrl_stop`` (its matched control run), plus any label columns (kept
+        in ``groups``). One global plan (rank 0 of 1): under DDP each rank reads its share of
+        every batch (see :meth:`read_sets`)."""
+        self = cls.__new__(cls)
+        self.matrix = StoreMatrix(path)
+        self.set_size, self.n_sets, self.seed = set_size, n_sets, seed
+        self.rank, self.world_size = 0, 1
+        self._plan = (-1, np.zeros((0, 2), np.int64))
+        self.groups = segments.reset_index(drop=True)
+        self.bounds = self.groups[["start", "stop"]].to_numpy(np.int64)
+        self.ctrl_bounds = self.groups[["ctrl_start", "ctrl_stop"]].to_numpy(np.int64)
+        return self
+
+    def flat_sets(self, first: int, n: int) -> np.ndarray:
+        """Sets ``first .. first + n - 1`` of the endless sequence epoch 0, epoch 1, ... of
+        this rank: (epoch, group, first row), shape (n, 3)."""
+        sizes = self.bounds[:, 1] - self.bounds[:, 0]
+        per_epoch = int(np.maximum(sizes // self.set_size, 1).sum()) // self.world_size
+        if per_epoch == 0:
+            raise InputError("the store sampler has no sets to draw (no perturbed rows).")
+        out, pos = [], first
+        while pos < first + n:
+            epoch, k = divmod(pos, per_epoch)
+            take = self.epoch_sets(epoch)[k: k + first + n - pos]
+            out.append(np.column_stack([np.full(len(take), epoch), take]))
+            pos += len(take)
+        return np.concatenate(out) if out else np.zeros((0, 3), np.int64)
+
+    def read_sets(self, sets: np.ndarray) -> dict[str, np.ndarray | CSRSets]:
+        """Read (epoch, group, first row) sets, shape (k, 3): perturbed runs, matched control
+        runs and groups. Each set's random control offset (and rows drawn with replacement
+        from a group smaller than a set) depend only on the seed and the set itself, so any
+        share of a batch reads the same cells on any rank or worker."""
+        pert, ctrl = [], []
+        for epoch, g, first in np.asarray(sets, np.int64):
+            rng = np.random.default_rng([self.seed, epoch, g, first])
+            pert.append(self._run(int(first), *self.bounds[g], rng))
+            cs, ce = self.ctrl_bounds[g]
+            start = cs + int(rng.integers(0, max(ce - cs - self.set_size, 0) + 1))
+            ctrl.append(self._run(start, cs, ce, rng))
+        return {"pert": self._read(pert), "ctrl": self._read(ctrl),
+                "group": np.asarray(sets, np.int64)[:, 1].copy()}
+
     def epoch_sets(self, epoch: int) -> np.ndarray:
         """This rank's sets of ``epoch``: (group, first row), shape (n_rank_sets, 2)."""
         if self._plan[0] != epoch:
@@ -141,6 +191,7 @@ class StoreSetSampler:
                 ptrs.append(np.cumsum(b - a) + base)
                 rows.append(s + pick)
                 base += int((b - a).sum())
+        self.matrix.note_read(8 * base + 3 * 65536 * len(runs))  # + each run's fault-around
         return CSRSets(np.concatenate(ptrs), np.concatenate(inds), np.concatenate(vals),
                        np.stack(rows))
 

@@ -61,7 +61,8 @@ from ..utils import seed_everything
 from .base import Condition, PerturbationModel
 from .incontext_fit import fit_phases
 from .incontext_io import bank_state, experiment_like, prompt_source
-from .incontext_sets import PromptSource, roles
+from .incontext_sets import PromptSource, StoreRows, roles
+from .training_rows import is_store_backed
 
 DEFAULTS: dict[str, Any] = dict(
     n_modules=32, dim=16, depth=4, n_heads=4, cross="module", head="gaussian", prompt_summary=True,
@@ -168,7 +169,7 @@ class InContextModel(PerturbationModel):
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         idx = np.flatnonzero(mask)
-        x = torch.from_numpy(exp.rows(idx))
+        x = StoreRows(exp, idx) if is_store_backed(exp) else torch.from_numpy(exp.rows(idx))
         perts = exp.perturbations[idx].astype(str)
         ctxs = exp.contexts[idx].astype(str)
         batches = exp.batches[idx].astype(str) if exp.batches is not None else np.full(

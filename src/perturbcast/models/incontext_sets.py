@@ -181,3 +181,22 @@ class PromptSource:
         order = np.concatenate([pick, ctrl])
         uniq, inv = np.unique(order, return_inverse=True)
         return self.rows(uniq)[inv]
+
+
+class StoreRows:
+    """Training rows ``idx`` of a store-backed Experiment, read per batch instead of loaded:
+    ``rows[cells]`` (a tensor of positions, any shape) -> expression, shape + (n_genes,),
+    the same values as indexing the dense rows (each batch's cells gathered from the store's
+    memory maps; random cells, not the store sampler's contiguous runs)."""
+
+    def __init__(self, exp, idx: np.ndarray) -> None:
+        self.exp, self.idx = exp, idx
+        self.shape = (idx.size, exp.n_genes)
+
+    def __getitem__(self, cells):
+        import torch
+
+        cells = np.asarray(cells)
+        uniq, inv = np.unique(cells, return_inverse=True)
+        x = self.exp.rows(self.idx[uniq])[inv.reshape(cells.shape)]
+        return torch.from_numpy(np.ascontiguousarray(x))

@@ -65,6 +65,62 @@ class LatentSpace:
         self.scale = float(z.std()) or 1.0
         return self
 
+    def fit_sparse(self, read_csr, n_cells: int, rng: np.random.Generator,
+                   chunk: int = 4096) -> LatentSpace:
+        """Fit on ``read_csr(sel)`` -> scipy CSR rows ``sel`` (sorted positions) of the training
+        cells, shape (len(sel), n_genes), in streaming passes over chunks of a bounded random
+        sample (``MAX_PCA_CELLS`` rows, as :meth:`fit_rows`): peak memory is a chunk plus an
+        (n_genes, n_genes) covariance (up to ``MAX_EXACT_SVD_GENES`` genes; above, a subspace
+        iteration keeps (n_genes, n_latent + 20) blocks). The sample's PCA, as :meth:`fit_rows`
+        computes it (up to numerical precision; each component's largest entry positive).
+        """
+        sel = np.arange(n_cells)
+        if n_cells > MAX_PCA_CELLS:
+            sel = np.sort(rng.choice(n_cells, MAX_PCA_CELLS, replace=False))
+        chunks = [sel[s: s + chunk] for s in range(0, sel.size, chunk)]
+        total, n_genes = None, 0
+        for c in chunks:
+            x = read_csr(c)
+            part = np.asarray(x.sum(0), np.float64).ravel()
+            total = part if total is None else total + part
+            n_genes = x.shape[1]
+        mean = total / max(sel.size, 1)
+        self.mean = mean.astype(np.float32)
+
+        def cov_times(q: np.ndarray) -> np.ndarray:
+            """(X - mean)^T (X - mean) q over the sample, q shape (n_genes, l)."""
+            out = np.zeros(q.shape)
+            for c in chunks:
+                x = read_csr(c).astype(np.float64)
+                out += x.T @ (x @ q)
+            return out - sel.size * np.outer(mean, mean @ q)
+
+        if self.kind == "genes" or n_genes <= MAX_EXACT_SVD_GENES:
+            cov = np.zeros((n_genes, n_genes))
+            for c in chunks:
+                x = read_csr(c).astype(np.float64)
+                cov += (x.T @ x).toarray()
+            cov -= sel.size * np.outer(mean, mean)
+            if self.kind == "genes":
+                self.scale = float(np.sqrt(max(np.trace(cov), 0) / (sel.size * n_genes))) or 1.0
+                return self
+            vals, vecs = np.linalg.eigh(cov)
+            del cov
+        else:  # subspace iteration on the covariance (randomised, streaming)
+            q = rng.standard_normal((n_genes, min(self.n_latent + 20, n_genes)))
+            for _ in range(5):
+                q = np.linalg.qr(cov_times(np.linalg.qr(q)[0]))[0]
+            vals, w = np.linalg.eigh(q.T @ cov_times(q))
+            vecs = q @ w
+        k = max(1, min(self.n_latent, sel.size, n_genes))
+        top = np.argsort(vals)[::-1][:k]
+        comp = vecs[:, top]
+        comp *= np.sign(comp[np.abs(comp).argmax(0), np.arange(k)])
+        self.components = np.ascontiguousarray(comp, np.float32)
+        var = float(np.clip(vals[top], 0, None).sum())
+        self.scale = float(np.sqrt(var / (sel.size * k))) or 1.0
+        return self
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         """(n, n_genes) -> (n, dim), float32."""
         xc = x - self.mean

@@ -73,20 +73,24 @@ def prepare(exp: Experiment, mask: np.ndarray, params: dict, seed: int,
     """Read the training cells (``mask``; densely within ``memory_budget_gb``, else per
     batch) and build conditions, latent and encoder inputs."""
     idx = np.flatnonzero(mask)
-    x = TrainingRows(exp, idx, params["memory_budget_gb"])
-    perts = exp.perturbations[idx].astype(str)
-    ctxs = exp.contexts[idx].astype(str)
-    batches = exp.batches[idx].astype(str) if exp.batches is not None else None
+    x = TrainingRows(exp, idx, params["memory_budget_gb"], params["sampler"] != "rows")
+    # labels stay object arrays of shared strings (no per-cell copies: 10^7 cells fit)
+    def take(labels):
+        return labels if labels is None or idx.size == exp.n_cells else labels[idx]
+
+    perts, ctxs, batches = take(exp.perturbations), take(exp.contexts), take(exp.batches)
     is_ctrl = perts == exp.control
     latent = x.fit_latent(LatentSpace(params["space"], params["n_latent"]), rng)
     groups = pd.DataFrame({"p": perts, "c": ctxs})[~is_ctrl].groupby(["p", "c"]).indices
     cond_keys = sorted(groups)
-    cond_cells = [np.flatnonzero(~is_ctrl)[groups[k]] for k in cond_keys]
+    perturbed = np.flatnonzero(~is_ctrl)
+    cond_cells = [perturbed[groups[k]] for k in cond_keys]
     context_names = sorted({c for _, c in cond_keys})
-    batch_names = sorted(set(batches)) if batches is not None else []
+    batch_names = sorted(pd.unique(batches)) if batches is not None else []
     ctx_id = {c: i + 1 for i, c in enumerate(context_names)}
-    cell_ctx = np.array([ctx_id.get(c, 0) for c in ctxs])
-    cell_batch = (np.searchsorted(batch_names, batches) + 1) if batches is not None else None
+    cell_ctx = pd.Categorical(ctxs, categories=context_names).codes.astype(np.int32) + 1
+    cell_batch = (pd.Categorical(batches, categories=batch_names).codes.astype(np.int32) + 1
+                  if batches is not None else None)
     doses = training_doses(exp, idx, perts, params["dose_key"], model)
     features, used = build_features(exp, params["embeddings"], seed, x, ctxs, is_ctrl,
                                     cond_keys, cond_cells, model)
@@ -140,6 +144,8 @@ class SetBatches:
     shifted by the condition's base, (n_sets, set_size, d)), ``base`` (n_sets, d) and ``x1``
     (the perturbed set, ordered by ``arrange`` to pair with x0).
     """
+
+    kind = "rows"
 
     def __init__(self, data: TrainingData, params: dict, arrange: Arrange,
                  rng: np.random.Generator) -> None:
@@ -197,18 +203,30 @@ class SetBatches:
     def tensors(self, b: SetBatch, ctx_keep: np.ndarray, batch_keep: np.ndarray
                 ) -> dict[str, Tensor]:
         """Tensors of the sets ``b``; context / batch labels kept where ``*_keep`` (n_sets,)."""
-        x0 = self.data.rows.z(b.ctrl) + self.data.enc["base"][b.condition][:, None, :]
-        x1 = self.data.rows.z(b.pert)
-        order = self.arrange(x0, x1)
-        x1 = np.take_along_axis(x1, np.asarray(order)[..., None], axis=1)
-        cond = torch.from_numpy(b.condition)
-        out = {k: v[cond] for k, v in self.enc_t.items()}
-        batch = torch.from_numpy(np.maximum(b.batch, 0))
-        out["context"] = out["context"] * torch.from_numpy(ctx_keep)
-        out["batch"] = batch * torch.from_numpy(batch_keep)
-        out["x0"] = torch.from_numpy(np.ascontiguousarray(x0, np.float32))
-        out["x1"] = torch.from_numpy(np.ascontiguousarray(x1))
-        return out
+        return set_tensors(self.data.rows.z(b.ctrl), self.data.rows.z(b.pert), b.condition,
+                           b.batch, ctx_keep, batch_keep, self.enc_t, self.data.enc["base"],
+                           self.arrange)
+
+
+def set_tensors(z0: np.ndarray, z1: np.ndarray, condition: np.ndarray, batch: np.ndarray,
+                ctx_keep: np.ndarray, batch_keep: np.ndarray, enc_t: dict[str, Tensor],
+                base: np.ndarray, arrange: Arrange) -> dict[str, Tensor]:
+    """A training batch: encoder inputs of each set's condition, ``x0`` (the control latent
+    z0 shifted by the condition's ``base``) and ``x1`` (z1 ordered by ``arrange``).
+
+    z0, z1 : shape (n_sets, set_size, d); condition, batch (-1: none), ctx_keep, batch_keep :
+    shape (n_sets,); enc_t : per-condition encoder tensors; base : shape (n_conditions, d)
+    """
+    x0 = z0 + base[condition][:, None, :]
+    order = arrange(x0, z1)
+    x1 = np.take_along_axis(z1, np.asarray(order)[..., None], axis=1)
+    cond = torch.from_numpy(condition)
+    out = {k: v[cond] for k, v in enc_t.items()}
+    out["context"] = out["context"] * torch.from_numpy(ctx_keep)
+    out["batch"] = torch.from_numpy(np.maximum(batch, 0)) * torch.from_numpy(batch_keep)
+    out["x0"] = torch.from_numpy(np.ascontiguousarray(x0, np.float32))
+    out["x1"] = torch.from_numpy(np.ascontiguousarray(x1))
+    return out
 
 
 def training_budget(p: dict, n_cells: int) -> tuple[TrainConfig, dict[str, Any]]:

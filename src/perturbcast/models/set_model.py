@@ -32,9 +32,15 @@ embeddings : "default" (the built-in human gene table; "train" with a warning wh
 dose_key : obs column with a dose per cell (scalar input), or None
 devices, num_nodes, strategy, precision : passed to ``lightning.Trainer`` (multi-GPU / multi-node;
     under DDP each step's ``n_sets`` sets are split evenly over the ranks, so a run on k
-    processes takes the same optimiser steps as one process with the same global batch)
-memory_budget_gb : load the training cells densely when they fit in this many GB, else read
-    each batch's cells from disk (out-of-core data; announced with a warning)
+    processes takes the same optimiser steps as one process with the same global batch);
+    ``strategy="fsdp"`` needs CUDA (Lightning refuses FSDP on CPU: a one-line error)
+memory_budget_gb : (AnnData input, or ``sampler="rows"``) load the training cells densely when
+    they fit in this many GB, else read each batch's cells from disk (announced with a warning)
+sampler, num_workers : "auto" (default): on a store-backed Experiment, training sets are runs of
+    the store drawn by :class:`~perturbcast.data.store_sampler.StoreSetSampler` (see
+    :mod:`~perturbcast.models.store_set_batches`; nothing is loaded whole, ``num_workers``
+    DataLoader workers read them), else the in-memory sampler over the training rows; "rows"
+    forces the latter on a store too, "store" requires a store
 learned_dropout, context_dropout : see :class:`~perturbcast.modules.PerturbationEncoder`;
     context/batch labels are dropped with this probability so "unknown" is learned too
 """
@@ -55,13 +61,12 @@ from ..data.experiment import Experiment
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import train_network
+from ..train.lightning import check_strategy, train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .latent import LatentSpace
 from .perturbation_features import PerturbationFeatures
 from .set_data import (
-    SetBatches,
     feature_names,
     prediction_dose,
     prediction_sets,
@@ -70,6 +75,7 @@ from .set_data import (
 )
 from .set_ensemble import combine_members, member_resume
 from .set_residual import check_base, choose_base, fit_base
+from .store_set_batches import StoreSetBatches, training_batches
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
@@ -77,12 +83,13 @@ DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.1, embeddings="default", dose_key=None, base="none", inner_unit="auto",
     inner_folds=5, n_seeds=1, learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None,
     show_progress=False, val_energy=False, val_controls="train", memory_budget_gb=4.0,
-    devices=1, num_nodes=1, strategy="auto", precision="auto",
+    devices=1, num_nodes=1, strategy="auto", precision="auto", sampler="auto", num_workers=0,
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out"),
                              "strategy": ("auto", "ddp", "fsdp", "ddp_spawn"),
                              "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed"),
+                             "sampler": ("auto", "store", "rows"),
                              "inner_unit": ("auto", "combo", "perturbation", "condition")}
 N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
@@ -154,6 +161,7 @@ class SetModel(PerturbationModel):
 
     def _fit(self, exp: Experiment, mask: np.ndarray) -> None:
         p = self.params
+        check_strategy(p["strategy"])  # before any work
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         data = prepare(exp, mask, p, self.seed, rng, self.name)
@@ -165,7 +173,7 @@ class SetModel(PerturbationModel):
         self.base_model = (None if self.base_name == "none" else
                            fit_base(self.base_name, exp, mask, self.seed))
         data.enc["base"] = self.latent.encode_change(oof)
-        sets = SetBatches(data, p, self.arrange, rng)
+        sets = training_batches(data, p, self.arrange, rng, self.seed, self.name)
         val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
         config, budget = training_budget(p, sets.n_train_perturbed)
         if not val_batches:
@@ -186,17 +194,19 @@ class SetModel(PerturbationModel):
                 if p["checkpoint_dir"] and p["n_seeds"] > 1:
                     config.checkpoint_dir = str(Path(p["checkpoint_dir"]) / f"member{m}")
                 with member_resume(m):
-                    runs.append(train_network(net, self.loss, lambda r=r: sets.train_batch(r),
-                                              val_batches, config, meta, self.validation_loss,
-                                              sampler_rng=r))
+                    store = isinstance(sets, StoreSetBatches)
+                    runs.append(train_network(
+                        net, self.loss, None if store else (lambda r=r: sets.train_batch(r)),
+                        val_batches, config, meta, self.validation_loss, sampler_rng=r,
+                        dataset=sets.dataset(self.seed + m) if store else None,
+                        num_workers=int(p["num_workers"])))
             else:
                 runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
             self.members.append(net.cpu().eval())
         self.net = self.members[0]
         self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
                                  "member_steps": [r["steps"] for r in runs],
-                                 "data_mode": data.rows.mode}
-
+                                 "data_mode": data.rows.mode, "sampler": sets.kind}
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
         return ConditionalSetNet(n_in, p["dim"], p["depth"], p["n_heads"],

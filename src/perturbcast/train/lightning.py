@@ -35,9 +35,10 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from ..errors import InputError
+from .batch_streams import _Draws, _Fixed, _Stream
 from .resume import Resume, current_resume
 
 Batch = dict[str, Tensor]
@@ -62,39 +63,6 @@ class TrainConfig:
     strategy: str = "auto"  # "ddp", "fsdp", ... (lightning strategies)
     show_progress: bool = False
     checkpoint_dir: str | None = None
-
-
-class _Stream(IterableDataset):
-    """``n`` fresh batches per epoch; remembers the sampler RNG state before recent draws."""
-
-    def __init__(self, make: Callable[[], Batch], n: int, rng=None) -> None:
-        self.make, self.n, self.rng = make, n, rng
-        self.first = n  # batches in the next epoch (fewer when resumed mid-epoch)
-        self.drawn = 0  # batches drawn so far, over all epochs
-        self.states: dict[int, dict] = {}
-
-    def state_before(self, draw: int) -> dict | None:
-        """Sampler RNG state before batch ``draw`` (Lightning fetches a batch ahead)."""
-        if self.rng is None:
-            return None
-        return self.states.get(draw, self.rng.bit_generator.state)
-
-    def __iter__(self):
-        n, self.first = self.first, self.n
-        for _ in range(n):
-            if self.rng is not None:
-                self.states[self.drawn] = copy.deepcopy(self.rng.bit_generator.state)
-                self.states.pop(self.drawn - 8, None)
-            self.drawn += 1
-            yield self.make()
-
-
-class _Fixed(IterableDataset):
-    def __init__(self, batches: list[Batch]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
 
 
 @contextlib.contextmanager
@@ -204,6 +172,16 @@ class SetTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def check_strategy(strategy: str) -> None:
+    """Fail with one line when ``strategy`` cannot run here: Lightning (2.6) accepts its FSDP
+    strategies only with a CUDA accelerator (``ValueError: The strategy `fsdp` requires a GPU
+    accelerator``), so on a machine without CUDA ``fsdp`` is refused before any work."""
+    if str(strategy).startswith("fsdp") and not torch.cuda.is_available():
+        raise InputError(f"strategy={strategy!r} needs CUDA GPUs (Lightning's FSDP runs only on "
+                         f"a GPU accelerator) and this machine has none; use strategy='ddp' "
+                         f"(CPU processes over gloo) or run on GPUs.")
+
+
 def global_rank() -> int:
     """Rank of this process under torch.distributed (0 when not distributed)."""
     dist = torch.distributed
@@ -245,15 +223,20 @@ class _ResumeCheckpoint(L.Callback):
 
 def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batch],
                   val_batches: list[Batch], config: TrainConfig, meta: dict[str, Any],
-                  val_fn: LossFn | None = None, sampler_rng=None) -> dict[str, Any]:
+                  val_fn: LossFn | None = None, sampler_rng=None,
+                  dataset: torch.utils.data.Dataset | None = None,
+                  num_workers: int = 0) -> dict[str, Any]:
     """Train ``net`` in place; returns a summary (steps, epochs, whether it stopped early,
     best/last validation loss).
 
     Early stopping: after ``patience`` epochs in which the validation loss did not fall below
     ``(1 - min_delta)`` times the last such improvement, training stops (the best weights, by
     any improvement, are restored). ``sampler_rng`` (numpy Generator used by ``make_batch``)
-    is saved in resumable checkpoints.
+    is saved in resumable checkpoints. With ``dataset`` (map-style: batch number -> batch, a
+    function of the number only), batches come from it instead of ``make_batch``, fetched by
+    ``num_workers`` DataLoader worker processes.
     """
+    check_strategy(config.strategy)
     module = SetTrainingModule(net, loss_fn, config, meta, val_fn)
     resume = current_resume()
     callbacks: list[L.Callback] = []
@@ -275,9 +258,15 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         precision=precision, logger=False, callbacks=callbacks,
         enable_checkpointing=bool(config.checkpoint_dir), enable_model_summary=False,
         enable_progress_bar=config.show_progress, num_sanity_val_steps=0,
-        gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0)
-    module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
-    train_dl = DataLoader(module.stream, batch_size=None)
+        gradient_clip_val=config.grad_clip, limit_val_batches=len(val_batches) or 0,
+        use_distributed_sampler=False)  # ranks take their share of each batch themselves
+    if dataset is None:
+        module.stream = _Stream(make_batch, config.steps_per_epoch, sampler_rng)
+        train_dl = DataLoader(module.stream, batch_size=None)
+    else:
+        module.stream = _Draws(config.steps_per_epoch)
+        train_dl = DataLoader(dataset, batch_size=None, sampler=module.stream,
+                              num_workers=num_workers)
     ckpt = None
     if resume is not None and resume.resume:
         ckpt = str(resume.last) if resume.last.exists() else None
