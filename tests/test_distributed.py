@@ -44,7 +44,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
                                           os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "_ddp_worker.py"), str(tmp_path), "2", "ddp", str(store)]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     for prefix, source in (("", None), ("store_", str(store))):  # in memory; store sampler
         _check_ranks_match_one_process(tmp_path, prefix, *train_and_record(1, store=source))
