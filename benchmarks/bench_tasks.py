@@ -65,7 +65,7 @@ def spread_calibration(per_perturbation) -> dict[str, float]:
     if "spread" not in per_perturbation:
         return out
     for m, rows in per_perturbation.dropna(subset=["spread"]).groupby("model"):
-        if len(rows) > 2:
+        if len(rows) > 2 and rows["spread"].nunique() > 1:  # one member: spread is all 0
             out[m] = float(spearmanr(rows["spread"], rows["mae"]).statistic)
     return out
 
