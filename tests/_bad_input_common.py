@@ -1,5 +1,6 @@
-"""Shared by the bad-input catalogue (test_bad_input.py, test_unusual_input.py): a tiny
-simulated screen and a CLI runner that returns (exit code, stderr)."""
+"""Shared by CLI tests (the bad-input catalogue, test_eval_scale_and_context,
+test_no_silent_wrong_answers): a tiny simulated screen and a CLI runner that returns
+(exit code, stderr)."""
 
 from __future__ import annotations
 

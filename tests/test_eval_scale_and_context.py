@@ -6,9 +6,9 @@ import json
 import anndata as ad
 import numpy as np
 import pytest
+from _bad_input_common import _cli as _run
 
 from perturbcast import InputError, evaluate, get_model, make_split, read_experiment, simulate
-from perturbcast.cli import main
 from perturbcast.eval import Reference
 
 
@@ -25,15 +25,6 @@ def case():
     keep = fold.test_mask(exp) | exp.is_control
     return a[keep].copy(), exp.subset(keep).adata, pred, model
 
-
-def _run(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.err
 
 
 def test_raw_or_normalised_real_file_gives_the_same_scores(case):

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from _bad_input_common import _cli as _run
 
 from perturbcast import InputError, get_model, make_split, read_experiment
 from perturbcast.benchmark import run_benchmark
-from perturbcast.cli import main
 from perturbcast.data.reading import select_genes
 from perturbcast.models import set_model
 from perturbcast.train.lightning import SetTrainingModule, TrainConfig
@@ -17,14 +17,6 @@ from perturbcast.train.lightning import SetTrainingModule, TrainConfig
 TINY = dict(dim=16, depth=1, n_heads=2, n_latent=8, set_size=16, n_sets=4, max_steps=4,
             patience=50)
 
-
-def _run(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code or 0
-    return code, capsys.readouterr().err
 
 
 def _log1p_adata(labels: list[str], n_genes: int = 12, seed: int = 0) -> ad.AnnData:
