@@ -87,8 +87,10 @@ def test_auto_base_never_reads_the_test_fold(sim_adata):
 
 
 def test_base_must_be_a_baseline_with_a_delta():
-    with pytest.raises(InputError, match="base='cell_mean'"):
-        get_model("flow", base="cell_mean")
+    with pytest.raises(InputError, match="base='control'"):  # no change: base=none says it
+        get_model("flow", base="control")
+    with pytest.raises(InputError, match="base='kmeans'"):
+        get_model("flow", base="kmeans")
     with pytest.raises(InputError, match="n_seeds"):
         get_model("flow", n_seeds=0)
 

@@ -31,7 +31,8 @@ from .utils import progress
 from .verdict import REFERENCE_MODEL, compare_to_baselines, matched_best_baseline, verdict_line
 
 # a set model's training choices (``training_summary``), added as columns of ``fits``
-CHOICE_KEYS = ("base", "inner_unit", "steps", "budget_steps", "stopped_early", "n_seeds")
+CHOICE_KEYS = ("base", "inner_unit", "shrink", "steps", "budget_steps", "stopped_early",
+               "n_seeds")
 
 
 @dataclass

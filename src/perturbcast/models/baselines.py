@@ -95,6 +95,16 @@ class CellMeanBaseline(MeanShiftModel):
 
     name = "cell_mean"
 
+    def delta(self, pert, ctx):
+        """The mean change its cells carry, as a base for set models: the cell-weighted mean
+        training delta of ``ctx`` (of all contexts if it has none)."""
+        sel = self.cond_ctx == ctx
+        sel = sel if sel.any() else np.ones(self.cond_ctx.size, bool)
+        if not sel.any():
+            return np.zeros(self.ctrl_mean.shape[1])
+        w = self.cond_n[sel].astype(float)
+        return (self.cond_delta[sel] * w[:, None]).sum(0) / w.sum()
+
     def _predict_cells(self, x_ctrl, perturbation, context, exp, ctrl_pool, ctrl_idx=None):
         sel = self.cond_ctx == context
         if sel.any():

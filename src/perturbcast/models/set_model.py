@@ -22,7 +22,8 @@ lr, patience, min_delta, val_fraction : validation sets are held-out perturbed c
 base, inner_unit, inner_folds : residual on a baseline (``none``, ``auto`` or a baseline name,
     see :mod:`~perturbcast.models.set_residual`): sets start at the controls plus the base's
     predicted mean change and the network learns the correction; ``auto`` chooses by inner
-    cross-validation over training conditions
+    cross-validation over training conditions; ``shrink`` (1, a number in [0, 1] or ``auto``)
+    keeps that share of the learned mean correction (:mod:`~perturbcast.models.set_shrink`)
 n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
     mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
 embeddings : "default" (the built-in human gene table; "train" with a warning when it has no row
@@ -75,15 +76,17 @@ from .set_data import (
 )
 from .set_ensemble import combine_members, member_resume
 from .set_residual import check_base, choose_base, fit_base
+from .set_shrink import check_shrink, choose_shrink, shrink_change
 from .store_set_batches import StoreSetBatches, training_batches
 
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
     val_fraction=0.1, embeddings="default", dose_key=None, base="none", inner_unit="auto",
-    inner_folds=5, n_seeds=1, learned_dropout=0.5, context_dropout=0.2, checkpoint_dir=None,
-    show_progress=False, val_energy=False, val_controls="train", memory_budget_gb=4.0,
-    devices=1, num_nodes=1, strategy="auto", precision="auto", sampler="auto", num_workers=0,
+    inner_folds=5, shrink=1.0, n_seeds=1, learned_dropout=0.5, context_dropout=0.2,
+    checkpoint_dir=None, show_progress=False, val_energy=False, val_controls="train",
+    memory_budget_gb=4.0, devices=1, num_nodes=1, strategy="auto", precision="auto",
+    sampler="auto", num_workers=0,
 )
 CHOICES: dict[str, tuple] = {"space": ("pca", "genes"), "solver": ("euler", "midpoint", "rk4"),
                              "val_controls": ("train", "held_out"),
@@ -114,6 +117,8 @@ class SetModel(PerturbationModel):
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
         check_base(self.params["base"])
+        self.params["shrink"] = check_shrink(self.params["shrink"])
+        self.shrink = 1.0 if self.params["shrink"] == "auto" else self.params["shrink"]
         if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
             self.params["max_epochs"] = None
         if int(self.params["n_seeds"]) < 1:
@@ -204,7 +209,11 @@ class SetModel(PerturbationModel):
                 runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
             self.members.append(net.cpu().eval())
         self.net = self.members[0]
-        self.training_summary = {**runs[0], **budget, **base_summary, "n_seeds": p["n_seeds"],
+        shrink = ({"shrink": self.shrink} if p["shrink"] != "auto" else
+                  choose_shrink(self, exp, mask, data.cond_keys)[1])
+        self.shrink = shrink["shrink"]
+        self.training_summary = {**runs[0], **budget, **base_summary, **shrink,
+                                 "n_seeds": p["n_seeds"],
                                  "member_steps": [r["steps"] for r in runs],
                                  "data_mode": data.rows.mode, "sampler": sets.kind}
     def _new_net(self, n_in: int) -> ConditionalSetNet:
@@ -265,6 +274,7 @@ class SetModel(PerturbationModel):
             changes.append(out - z)
         change, self._spread[f"{perturbation}|{context}"] = combine_members(changes,
                                                                              self.latent)
+        change = shrink_change(change, self.shrink)
         pred = x_ctrl + self.latent.decode_change(change)
         return pred if base is None else pred + base[None, :].astype(np.float32)
 
@@ -281,7 +291,7 @@ class SetModel(PerturbationModel):
                  "batch_names": np.asarray(self.batch_names, dtype=str),
                  "dose_names": np.asarray(list(self.doses), dtype=str),
                  "dose_values": np.asarray(list(self.doses.values()), np.float64),
-                 "base_name": np.asarray(self.base_name)}
+                 "base_name": np.asarray(self.base_name), "shrink": np.asarray(self.shrink)}
         for m, net in enumerate(self.members):  # member 0 as "net.", the others "net1." ...
             for k, v in net.state_dict().items():
                 state[f"net{m or ''}.{k}"] = v.detach().cpu().numpy()
@@ -308,6 +318,7 @@ class SetModel(PerturbationModel):
             self.members.append(net.eval())
         self.net = self.members[0]
         self.base_name = str(state.get("base_name", "none"))
+        self.shrink = float(state.get("shrink", 1.0))
         if self.base_name != "none":
             base = get_model_class(self.base_name)(seed=self.seed)
             base.genes, base.keys = self.genes, self.keys

@@ -1,0 +1,115 @@
+"""How much of a set model's learned correction to keep: chosen on held-out training conditions.
+
+A residual set model predicts a condition's mean change as ``base + correction`` (the base is
+a baseline's predicted mean change, or zero with ``base=none``). When the network's correction
+does not generalise to conditions it has not seen, the honest prediction is the base alone.
+``shrink=s`` keeps ``s`` of the correction: every predicted cell moves by ``-(1 - s)`` times the
+set's mean correction, so the cells keep the network's spread around a mean of
+``base + s * correction`` (``s=0``: the mean change is exactly the base's).
+
+``shrink=auto`` chooses ``s`` from :data:`GRID` without reading the test fold: a probe model
+(same class and parameters, one member, the chosen base) is trained on the training
+conditions minus the first inner fold (:func:`~perturbcast.models.set_residual.inner_folds`,
+the unit a test fold would hold out), predicts the held-out conditions from their own
+training controls, and ``s`` minimises the squared error of the predicted mean change
+against their real one (ties go to the smaller ``s``). The probe's base is fitted without the
+held-out fold too, so it is the base as a test condition would see it. The final model is
+then trained on all training conditions. Cost: one extra training on ~(k-1)/k of the data.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..data.experiment import Experiment
+from ..errors import InputError
+from .set_residual import Condition, inner_folds, inner_unit, real_deltas
+
+GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+PROBE_CELLS = 256
+
+
+def check_shrink(value: Any) -> float | str:
+    """``"auto"`` or a float in [0, 1] (strings from ``--param`` are parsed)."""
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        s = -1.0
+    if not 0.0 <= s <= 1.0:
+        raise InputError(f"shrink={value!r} is not a number in [0, 1] or auto; use e.g. "
+                         "shrink=1 (keep the learned correction) or shrink=auto.")
+    return s
+
+
+def shrink_change(change: np.ndarray, s: float) -> np.ndarray:
+    """Keep ``s`` of the mean of ``change`` (n_cells, d) and all of its spread."""
+    return change if s == 1.0 else change - (1.0 - s) * change.mean(0, keepdims=True)
+
+
+def choose_shrink(model, exp: Experiment, mask: np.ndarray,
+                  cond_keys: list[Condition]) -> tuple[float, dict[str, Any]]:
+    """Choose ``shrink`` for ``model`` (being fitted on ``mask``, base already chosen).
+
+    Returns the chosen value and a summary for ``training_summary`` (the held-out conditions'
+    count and each grid value's mean squared error of the predicted mean change).
+    """
+    p = model.params
+    unit = inner_unit(cond_keys, p["inner_unit"], exp.components)
+    folds = inner_folds(cond_keys, unit, p["inner_folds"], model.seed, exp.components)
+    held = [k for k, f in zip(cond_keys, folds, strict=True) if f == 0]
+    if folds.max() < 1 or not held:
+        warnings.warn(f"{model.name}: shrink=auto needs two inner folds of training conditions "
+                      f"(unit {unit!r}); keeping the whole correction (shrink=1).", stacklevel=4)
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
+    labels = np.char.add(np.char.add(exp.perturbations.astype(str), "|"), exp.contexts.astype(str))
+    fit_mask = mask & ~np.isin(labels, [f"{a}|{b}" for a, b in held])
+    probe = type(model)(seed=model.seed, **{**p, "base": model.base_name, "shrink": 1.0,
+                                            "n_seeds": 1, "checkpoint_dir": None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe.fit(exp, fit_mask)
+    base, corr = _base_and_correction(probe, exp, fit_mask, held)
+    scored = [i for i, b in enumerate(base) if b is not None]
+    if not scored:
+        warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition (no "
+                      "feature rows); keeping the whole correction (shrink=1).", stacklevel=4)
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
+    real = real_deltas(exp, mask, [held[i] for i in scored])
+    base = np.stack([base[i] for i in scored])
+    corr = np.stack([corr[i] for i in scored])
+    errors = {s: float(((base + s * corr - real) ** 2).sum(1).mean()) for s in GRID}
+    chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
+    return chosen, {"shrink": chosen, "shrink_held_out": len(scored),
+                    "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
+
+
+def _base_and_correction(probe, exp: Experiment, fit_mask: np.ndarray,
+                         held: list[Condition]) -> tuple[list, list]:
+    """The probe's base delta and learned mean correction for each held-out condition
+    (arrays of n_genes; None where the probe cannot predict it), from the context's
+    training controls."""
+    gene_idx = probe._gene_index(exp)
+    rng = np.random.default_rng(probe.seed)
+    bases, corrs = [], []
+    for pert, ctx in held:
+        pool = np.flatnonzero(fit_mask & exp.is_control & (exp.contexts == ctx))
+        if pool.size == 0:  # no training controls there: what predict() would use
+            pool = np.flatnonzero(exp.is_control & (exp.contexts == ctx))
+        pick = np.sort(rng.choice(pool, min(PROBE_CELLS, pool.size), replace=False))
+        x_ctrl = exp.rows(pick)[:, gene_idx]
+        try:
+            pred = probe._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick)
+        except InputError:  # no feature row for a held-out perturbation: cannot score it
+            bases.append(None)
+            corrs.append(None)
+            continue
+        base = (np.zeros(x_ctrl.shape[1]) if probe.base_model is None else
+                probe.base_model.delta(pert, ctx))
+        bases.append(base)
+        corrs.append(pred.mean(0) - x_ctrl.mean(0) - base)
+    return bases, corrs

@@ -1,0 +1,108 @@
+"""How much of the learned correction a set model keeps (``shrink``), and how ``auto`` picks it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_set_models import TINY, _known_shift_adata
+
+from perturbcast.data import read_experiment
+from perturbcast.errors import InputError
+from perturbcast.models import get_model, set_shrink
+
+FAST = {**TINY, "max_steps": 40}
+
+
+@pytest.fixture(scope="module")
+def shift_exp():
+    return read_experiment(_known_shift_adata(), "perturbation", "control", input_scale="log1p")
+
+
+def _cells(model, exp, pert):
+    """Unclipped predicted cells of (pert, "all") from a fixed set of control cells."""
+    pool = np.flatnonzero(exp.is_control)
+    pick = pool[:60]
+    x = exp.rows(pick)[:, model._gene_index(exp)]
+    return x, model._predict_cells(x, pert, "all", exp, pool, ctrl_idx=pick)
+
+
+@pytest.mark.parametrize("name", ["flow", "transition"])
+def test_shrink_zero_keeps_the_base_mean_and_the_network_spread(shift_exp, name):
+    train = shift_exp.perturbations != "A+B"
+    model = get_model(name, base="additive", shrink=0, **FAST).fit(shift_exp, train)
+    base = get_model("additive").fit(shift_exp, train)
+    x, pred = _cells(model, shift_exp, "A+B")
+    np.testing.assert_allclose(pred.mean(0), x.mean(0) + base.delta("A+B", "all"), atol=1e-4)
+    model.shrink = 1.0  # the same network keeping its whole correction moves the mean
+    _, full = _cells(model, shift_exp, "A+B")
+    assert np.abs(full.mean(0) - pred.mean(0)).max() > 1e-3
+    # the cells around the mean are the network's, not the controls shifted by the base
+    np.testing.assert_allclose(full - full.mean(0), pred - pred.mean(0), atol=1e-4)
+    assert np.abs((pred - pred.mean(0)) - (x - x.mean(0))).max() > 1e-3
+
+
+def test_shrink_is_saved_with_the_model(shift_exp, tmp_path):
+    train = shift_exp.perturbations != "A+B"
+    model = get_model("transition", base="additive", shrink=0.5, **FAST).fit(shift_exp, train)
+    again = type(model).load(model.save(tmp_path / "m"))
+    assert again.shrink == 0.5
+    np.testing.assert_array_equal(_cells(model, shift_exp, "A+B")[1],
+                                  _cells(again, shift_exp, "A+B")[1])
+
+
+def test_shrink_must_be_a_share_or_auto():
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(InputError, match="shrink="):
+            get_model("flow", shrink=bad)
+    assert get_model("flow", shrink="0.25").params["shrink"] == 0.25  # from --param
+    assert get_model("flow", shrink="AUTO").params["shrink"] == "auto"
+
+
+@pytest.mark.parametrize("factor, expected", [(0.5, 1.0), (-1.0, 0.0), (1.0, 1.0), (2.0, 0.5)])
+def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkeypatch,
+                                                               factor, expected):
+    """With a learned correction of ``factor`` times the base's miss, ``auto`` keeps the share
+    that lands nearest the real change (a harmful correction is dropped: share 0)."""
+    from perturbcast.models.set_residual import real_deltas
+
+    def fake(probe, exp, fit_mask, held):
+        real = real_deltas(exp, np.ones(exp.n_cells, bool), held)
+        base = [r * 0.2 for r in real]  # the base misses 80% of the change
+        return base, [factor * (r - b) for r, b in zip(real, base, strict=True)]
+
+    monkeypatch.setattr(set_shrink, "_base_and_correction", fake)
+    model = get_model("transition", base="context_mean", shrink="auto", **FAST)
+    model.fit(shift_exp, shift_exp.perturbations != "A+B")
+    summary = model.training_summary
+    assert model.shrink == expected == summary["shrink"]
+    assert summary["shrink_held_out"] >= 1
+    errors = {float(k): v for k, v in summary["shrink_error"].items()}
+    assert set(errors) == set(set_shrink.GRID) and errors[expected] == min(errors.values())
+
+
+COMBOS = ("A", "B", "C", "A+B", "A+C", "B+C")
+
+
+def test_auto_shrink_never_reads_the_test_fold():
+    """B+C is the test fold; A+B and A+C are the inner folds (one is held out for the probe)."""
+    adata = _known_shift_adata(labels=COMBOS, n=80)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    train = exp.perturbations != "B+C"
+    params = {**FAST, "base": "additive", "shrink": "auto"}
+    clean = get_model("transition", **params).fit(exp, train).training_summary
+    test = (adata.obs["perturbation"] == "B+C").to_numpy()
+    adata.X[test] = adata.X[test] * 50 + 7  # a poisoned test fold
+    poisoned_exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    poisoned = get_model("transition", **params).fit(poisoned_exp, train).training_summary
+    assert clean["shrink_held_out"] == 1 and clean["inner_unit"] == "combo"
+    assert clean["shrink"] == poisoned["shrink"]
+    assert clean["shrink_error"] == poisoned["shrink_error"]
+
+
+def test_auto_shrink_says_when_it_cannot_choose(shift_exp):
+    """Singles named g-less (no gene table row, no learned embedding when held out): the probe
+    cannot predict its held-out perturbation, so the whole correction is kept, announced."""
+    with pytest.warns(UserWarning, match="shrink=auto could not predict"):
+        model = get_model("transition", base="context_mean", shrink="auto", **FAST)
+        model.fit(shift_exp, shift_exp.perturbations != "A+B")
+    assert model.shrink == 1.0 and model.training_summary["shrink_held_out"] == 0
