@@ -48,7 +48,6 @@ learned_dropout, context_dropout : see :class:`~perturbcast.modules.Perturbation
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,7 +64,6 @@ from ..modules.set_net import ConditionalSetNet
 from ..train.lightning import check_strategy, train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
-from .latent import LatentSpace
 from .perturbation_features import PerturbationFeatures
 from .set_data import (
     feature_names,
@@ -75,6 +73,7 @@ from .set_data import (
     training_budget,
 )
 from .set_ensemble import combine_members, member_resume
+from .set_model_state import SetModelState
 from .set_residual import check_base, choose_base, fit_base
 from .set_shrink import check_shrink, choose_shrink, shrink_change
 from .store_set_batches import StoreSetBatches, training_batches
@@ -98,7 +97,7 @@ N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
 
-class SetModel(PerturbationModel):
+class SetModel(SetModelState, PerturbationModel):
     """Shared machinery; see the module docstring for the parameters."""
 
     name: ClassVar[str] = "set_model"
@@ -283,53 +282,3 @@ class SetModel(PerturbationModel):
         if name is None or str(name) not in self.batch_names:
             return 0
         return self.batch_names.index(str(name)) + 1
-
-    # ---- saving --------------------------------------------------------------------------------
-    def _state(self) -> dict[str, np.ndarray]:
-        state = {**self.latent.state(), **self.features.state(),
-                 "context_names": np.asarray(self.context_names, dtype=str),
-                 "batch_names": np.asarray(self.batch_names, dtype=str),
-                 "dose_names": np.asarray(list(self.doses), dtype=str),
-                 "dose_values": np.asarray(list(self.doses.values()), np.float64),
-                 "base_name": np.asarray(self.base_name), "shrink": np.asarray(self.shrink)}
-        for m, net in enumerate(self.members):  # member 0 as "net.", the others "net1." ...
-            for k, v in net.state_dict().items():
-                state[f"net{m or ''}.{k}"] = v.detach().cpu().numpy()
-        if self.base_model is not None:
-            state.update({f"base.{k}": v for k, v in self.base_model._state().items()})
-        return state
-
-    def _set_state(self, state: dict[str, np.ndarray]) -> None:
-        from . import get_model_class
-
-        self.latent = LatentSpace.from_state(state)
-        self.features = PerturbationFeatures.from_state(state, self.keys["separator"],
-                                                        self.keys["control"])
-        self.context_names = list(state["context_names"].astype(str))
-        self.batch_names = list(state["batch_names"].astype(str))
-        self.doses = dict(zip(state["dose_names"].astype(str), state["dose_values"].tolist(),
-                              strict=True))
-        self.members = []
-        for m in range(int(self.params["n_seeds"])):
-            net = self._new_net(self.latent.dim)
-            prefix = f"net{m or ''}."
-            net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in state.items()
-                                 if k.startswith(prefix)})
-            self.members.append(net.eval())
-        self.net = self.members[0]
-        self.base_name = str(state.get("base_name", "none"))
-        self.shrink = float(state.get("shrink", 1.0))
-        if self.base_name != "none":
-            base = get_model_class(self.base_name)(seed=self.seed)
-            base.genes, base.keys = self.genes, self.keys
-            base.vocabulary, base.contexts = self.vocabulary, self.contexts
-            base._set_state({k[5:]: v for k, v in state.items() if k.startswith("base.")})
-            self.base_model = base
-
-    def _save_extra(self, directory: Path) -> None:
-        (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))
-
-    def _load_extra(self, directory: Path) -> None:
-        f = directory / "training.json"
-        self.training_summary = json.loads(f.read_text()) if f.exists() else {}
-
