@@ -12,6 +12,8 @@ and the per-perturbation mae.
     python benchmarks/bench_tasks.py [--models a,b,...|baselines|learned|all] [--seeds 0,1,2]
         [--tasks t1,t2] [--param KEY=VALUE ...]  # as the CLI: MODEL.KEY or a bare KEY
         [--params '{"max_steps": 800}']          # JSON, the same routing
+        [--prompted-only]     # test only the conditions the in-context model has example
+                              # cells for (Norman: combos with a training single)
         [--embeddings SPEC]   # gene vectors for every model that takes them: "default" (the
                               # built-in human gene table, every such model's default),
                               # "train" or a name -> vector table
@@ -70,6 +72,21 @@ def spread_calibration(per_perturbation) -> dict[str, float]:
     return out
 
 
+def prompted_only(exp, split) -> int:
+    """Keep, in every fold, the test conditions that have prompt cells among the fold's
+    training cells (the in-context model's rule: the perturbation in other contexts, or a
+    combination's singles); drop folds left empty. Returns the number of test conditions kept."""
+    from perturbcast.models.incontext_sets import prompt_cells
+
+    for fold in split.folds:
+        train = fold.train_mask(exp) & ~exp.is_control
+        perts, ctxs = exp.perturbations[train], exp.contexts[train]
+        fold.test = [(p, c) for p, c in fold.test
+                     if prompt_cells(perts, ctxs, p, c, exp.components)[1]]
+    split.folds = [f for f in split.folds if f.test]
+    return sum(len(f.test) for f in split.folds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="all")
@@ -78,6 +95,7 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], help="KEY=VALUE or MODEL.KEY=VALUE")
     ap.add_argument("--params", default="{}", help="JSON, routed like --param")
     ap.add_argument("--embeddings", default=None)
+    ap.add_argument("--prompted-only", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     models = select_models(args.models)
@@ -93,6 +111,12 @@ def main() -> None:
     for name in args.tasks.split(","):
         t0 = time.perf_counter()
         exp, split = load_task(name)
+        if args.prompted_only:
+            n_test = prompted_only(exp, split)
+            print(f"{name}: {n_test} test conditions have prompt cells in training")
+            figures[f"{name}_prompted_conditions"] = str(n_test)
+            if not n_test:
+                continue
         res = run_benchmark(exp, split, models, model_params=model_params, seeds=seeds,
                             show_progress=False, skip_unable=group)
         secs = time.perf_counter() - t0
