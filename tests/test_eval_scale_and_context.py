@@ -127,3 +127,38 @@ def test_scores_per_perturbation_and_context(sim_adata, sim_exp):
                       ad.AnnData(real.X, obs=real.obs[["perturbation"]], var=real.var),
                       "perturbation", "control")
     assert len(pooled.per_perturbation) < len(table)
+
+
+def test_evaluate_one_predicted_context_against_a_whole_file_or_store(sim_adata, sim_exp,
+                                                                      tmp_path, capsys):
+    """A held-out context predicted alone is scored against the full real file (the other
+    context is left out, with a warning) and against a store of it, alike."""
+    from perturbcast.data.convert import convert
+
+    fold = make_split(sim_exp, "unseen-context", n_folds=2, seed=0).folds[0]
+    ctx = sorted({c for _, c in fold.test})
+    assert len(ctx) == 1
+    model = get_model("perturbation_mean").fit(sim_exp, fold.train_mask(sim_exp))
+    real = sim_exp.adata
+    conds = sorted({(p, c) for p, c in zip(real.obs.perturbation, real.obs.context,
+                                            strict=True) if c == ctx[0] and p != "control"})
+    pred = model.predict(sim_exp, conds, n_cells=30, include_controls=True)
+    with pytest.warns(UserWarning, match="have no predictions: scoring the 1 predicted"):
+        whole = evaluate(pred, sim_exp.adata, "perturbation", "control")
+    alone = evaluate(pred, real[real.obs.context == ctx[0]], "perturbation", "control",
+                     context_key="context")
+    assert whole.summary["mae"] == pytest.approx(alone.summary["mae"])
+    assert set(whole.per_perturbation.context) == set(ctx)
+    sim_adata.write_h5ad(tmp_path / "sim.h5ad")
+    convert([tmp_path / "sim.h5ad"], tmp_path / "st", "perturbation", "control",
+            context_key="context")
+    pred.write_h5ad(tmp_path / "pred.h5ad")
+    for real_arg, out in ((tmp_path / "st", "ev_store"), (tmp_path / "sim.h5ad", "ev_file")):
+        code, _ = _run(["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real",
+                        str(real_arg), "--perturbation-key", "perturbation", "--control",
+                        "control", "--out", str(tmp_path / out)], capsys)
+        assert code == 0
+    store_scores = json.loads((tmp_path / "ev_store" / "summary.json").read_text())
+    file_scores = json.loads((tmp_path / "ev_file" / "summary.json").read_text())
+    for m, v in file_scores.items():
+        assert store_scores[m] == pytest.approx(v, abs=1e-5, nan_ok=True), m

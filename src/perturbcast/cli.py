@@ -26,6 +26,7 @@ from .cli_options import (
     _check_out,
     _obs_columns,
     _read,
+    _read_real,
     err,
     out,
 )
@@ -267,7 +268,7 @@ def predict(
 @app.command()
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", help="Predicted .h5ad.")],
-    real: Annotated[Path, typer.Option("--real", help="Real .h5ad.")],
+    real: Annotated[Path, typer.Option("--real", help="Real .h5ad, or a store from convert.")],
     perturbation_key: PertKey, control: Control,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
     fdr: Annotated[str, typer.Option("--fdr", help="per_perturbation | global")] =
@@ -290,7 +291,8 @@ def evaluate(
 
     if fdr not in ("per_perturbation", "global"):
         raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
-    adatas = [open_h5ad(pred, False, "--pred"), open_h5ad(real, False, "--real")]
+    p_adata = open_h5ad(pred, False, "--pred")
+    adatas = [p_adata, _read_real(real, p_adata, perturbation_key, control, context_key)]
     res = run_eval(adatas[0], adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon,
                    context_key=context_key)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .errors import InputError
+
 err = Console(stderr=True)
 out = Console()
 
@@ -59,3 +61,22 @@ def _obs_columns(path: Path) -> list[str]:
         return [str(c) for c in a.obs.columns]
     finally:
         a.file.close()
+
+
+def _read_real(path: Path, pred, perturbation_key: str, control: str,
+               context_key: str | None):
+    """The real cells for ``evaluate --real``: an .h5ad whole, or from a store only the
+    predicted perturbations (and controls) of the predicted contexts."""
+    from .data.reading import open_h5ad
+    from .data.store import is_store, store_cells
+
+    if not is_store(path):
+        return open_h5ad(path, False, "--real")
+    if perturbation_key not in pred.obs:
+        raise InputError(f"obs column {perturbation_key!r} not found in the predictions.")
+    keep = {perturbation_key: set(pred.obs[perturbation_key].astype(str)) | {control}}
+    record = dict(pred.uns.get("perturbcast", {}) or {})
+    ckey = context_key or record.get("context_key") or None
+    if ckey and ckey in pred.obs:
+        keep[ckey] = set(pred.obs[ckey].astype(str))
+    return store_cells(path, keep)

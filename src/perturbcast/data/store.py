@@ -226,3 +226,24 @@ def read_groups(path: str | os.PathLike) -> pd.DataFrame:
     """The group table of a store: context, batch, perturbation, start, stop (row ranges)."""
     return pd.read_csv(Path(path) / "groups.csv", keep_default_na=False,
                        dtype={"context": str, "batch": str, "perturbation": str})
+
+
+def store_cells(path: str | os.PathLike, keep: dict[str, set[str]]) -> ad.AnnData:
+    """The cells of a store whose obs match ``keep`` ({column: allowed values}; every column
+    must match) as an in-memory AnnData (CSR X, log1p as stored), e.g. the real cells of
+    the predicted conditions and their contexts' controls, without loading the rest."""
+    import scipy.sparse as sp
+
+    matrix, adata, _ = open_store(path)
+    sel = np.ones(adata.n_obs, bool)
+    for col, values in keep.items():
+        if col not in adata.obs:
+            raise InputError(f"obs column {col!r} not found in the store {path}; columns: "
+                             f"{', '.join(map(str, adata.obs.columns))}.")
+        sel &= adata.obs[col].astype(str).isin(values).to_numpy()
+    idx = np.flatnonzero(sel)
+    ptr, ind, val = matrix.csr_rows(idx)
+    x = sp.csr_matrix((val, ind, ptr), shape=(idx.size, matrix.n_store_genes))
+    obs = adata.obs.iloc[idx].copy()
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X=x, obs=obs, var=adata.var.copy())

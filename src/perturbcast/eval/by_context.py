@@ -3,10 +3,14 @@
 A perturbation's effect differs between cell lines or cell types, so pooling contexts would
 compare a mixture of them. When both files carry a context column, each context is evaluated
 on its own perturbed and control cells, and the summary is the mean over every
-(perturbation, context) row.
+(perturbation, context) row. Real contexts without predictions (e.g. the held-out cell type
+was the only one predicted) are left out with a warning; within a context, predictions and
+real data must hold the same perturbations.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import anndata as ad
 import pandas as pd
@@ -58,8 +62,13 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
     if extra:
         raise InputError(f"predictions have context(s) {preview(extra, 5)} that the real "
                          f"data's {context_key!r} lacks; predict only the real contexts.")
+    unpredicted = sorted(set(rctx) - set(pctx))
+    if unpredicted:
+        warnings.warn(f"real context(s) {preview(unpredicted, 5)} of {context_key!r} have no "
+                      f"predictions: scoring the {len(set(pctx))} predicted context(s) only "
+                      f"(the summary is their mean).", stacklevel=3)
     tables, results, by_context = [], [], {}
-    for ctx in sorted(set(rctx)):
+    for ctx in sorted(set(rctx) & set(pctx)):
         try:
             ref = Reference(real[rctx == ctx], perturbation_key, control, fdr, epsilon, target)
             check_same_scale(pred_norm, ref.scale, ref.target_sum, ref.normalization)

@@ -70,10 +70,10 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     fit_mask = mask & ~np.isin(labels, [f"{a}|{b}" for a, b in held])
     probe = type(model)(seed=model.seed, **{**p, "base": model.base_name, "shrink": 1.0,
                                             "n_seeds": 1, "checkpoint_dir": None})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
+        warnings.simplefilter("ignore")  # predicted as 'unknown') are not the user's
         probe.fit(exp, fit_mask)
-    base, corr = _base_and_correction(probe, exp, fit_mask, held)
+        base, corr = _base_and_correction(probe, exp, fit_mask, held)
     scored = [i for i, b in enumerate(base) if b is not None]
     if not scored:
         warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition (no "
