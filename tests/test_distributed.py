@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from perturbcast.data.convert import convert
-from perturbcast.train.lightning import rank_share
+from perturbcast.train.distributed import rank_share
 
 HERE = Path(__file__).resolve().parent
 

@@ -192,7 +192,7 @@ def train(
             raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
         mask = chosen.train_mask(exp)
     from .models import get_model_class
-    from .train.lightning import global_rank
+    from .train.distributed import global_rank
 
     params = route_params([model], parse_param_items(param))[model]
     dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,

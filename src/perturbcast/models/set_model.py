@@ -61,19 +61,15 @@ from ..data.experiment import Experiment
 from ..errors import InputError
 from ..modules.losses import energy_loss
 from ..modules.set_net import ConditionalSetNet
-from ..train.lightning import check_strategy, train_network
+from ..train.distributed import check_strategy
+from ..train.lightning import train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .perturbation_features import PerturbationFeatures
-from .set_data import (
-    feature_names,
-    prediction_dose,
-    prediction_sets,
-    prepare,
-    training_budget,
-)
+from .set_data import prepare, training_budget
 from .set_ensemble import combine_members, member_resume
 from .set_model_state import SetModelState
+from .set_prediction import feature_names, prediction_dose, prediction_sets
 from .set_residual import check_base, choose_base, fit_base
 from .set_shrink import check_shrink, choose_shrink, shrink_change
 from .store_set_batches import StoreSetBatches, training_batches
@@ -156,7 +152,8 @@ class SetModel(SetModelState, PerturbationModel):
     # ---- fitting -----------------------------------------------------------------------------
     def check_can_predict(self, exp: Experiment, perturbations, train_mask=None) -> None:
         """Raise before training if a perturbation to predict would have neither a learned
-        embedding (seen in training) nor a feature row (see :func:`set_data.feature_names`)."""
+        embedding (seen in training) nor a feature row (see
+        :func:`~perturbcast.models.set_prediction.feature_names`)."""
         mask = np.ones(exp.n_cells, bool) if train_mask is None else np.asarray(train_mask, bool)
         learned = sorted({c for p in set(exp.perturbations[mask]) for c in exp.components(p)})
         names = feature_names(exp, self.params["embeddings"], learned, self.name)

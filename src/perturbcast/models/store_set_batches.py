@@ -28,7 +28,7 @@ from torch import Tensor
 from ..data.sets import MIN_BATCH_CONTROLS
 from ..data.store_sampler import CSRSets, StoreSetSampler
 from ..errors import InputError
-from ..train.lightning import rank_share
+from ..train.distributed import rank_share
 from .set_data import Arrange, SetBatches, TrainingData, set_tensors
 
 MIN_KEEP = 3  # a run keeps at least this many training cells (as holdout_cells)

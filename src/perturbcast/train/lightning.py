@@ -9,9 +9,9 @@ validation loss is comparable between epochs). The best weights by validation lo
 restored at the end; early stopping counts epochs without a significant (relative
 ``min_delta``) improvement. ``devices``, ``num_nodes``, ``strategy`` and ``precision`` go to
 ``lightning.Trainer`` (DDP / FSDP on several GPUs or nodes; under torchrun or SLURM, Lightning
-reads the ranks from the environment); :func:`rank_share` gives each rank its slice of a
-global batch. Checkpoints (optional ``checkpoint_dir``) carry the model's config,
-gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
+reads the ranks from the environment); :func:`~perturbcast.train.distributed.rank_share`
+gives each rank its slice of a global batch. Checkpoints (optional ``checkpoint_dir``) carry
+the model's config, gene list and perturbation vocabulary under ``checkpoint["perturbcast"]``.
 
 Inside :func:`perturbcast.train.resume.resumable`, training writes ``last.ckpt`` (atomically)
 every few steps and, with ``resume=True``, continues from it: weights, optimiser, schedule,
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputError
 from .batch_streams import _Draws, _Fixed, _Stream
+from .distributed import check_strategy
 from .resume import Resume, current_resume
 
 Batch = dict[str, Tensor]
@@ -172,36 +173,6 @@ class SetTrainingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def check_strategy(strategy: str) -> None:
-    """Fail with one line when ``strategy`` cannot run here: Lightning (2.6) accepts its FSDP
-    strategies only with a CUDA accelerator (``ValueError: The strategy `fsdp` requires a GPU
-    accelerator``), so on a machine without CUDA ``fsdp`` is refused before any work."""
-    if str(strategy).startswith("fsdp") and not torch.cuda.is_available():
-        raise InputError(f"strategy={strategy!r} needs CUDA GPUs (Lightning's FSDP runs only on "
-                         f"a GPU accelerator) and this machine has none; use strategy='ddp' "
-                         f"(CPU processes over gloo) or run on GPUs.")
-
-
-def global_rank() -> int:
-    """Rank of this process under torch.distributed (0 when not distributed)."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def rank_share(n: int) -> slice:
-    """This process's equal, contiguous share of ``n`` items under torch.distributed (all of
-    them when not distributed). ``n`` must divide evenly over the ranks."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return slice(0, n)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if n % world:
-        raise InputError(f"n_sets={n} does not divide over {world} processes; use a multiple "
-                         f"of {world}.")
-    k = n // world
-    return slice(rank * k, (rank + 1) * k)
-
-
 class _ResumeCheckpoint(L.Callback):
     """Writes ``last.ckpt`` atomically every ``every_n_steps`` steps, never on the last step
     of an epoch (Lightning resumes mid-epoch exactly; at an epoch end the validation and early
@@ -292,7 +263,6 @@ def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> None:
     """Fail with one line when there is no checkpoint, or it is of another training run."""
     import json
 
-    from ..errors import InputError
 
     if ckpt is None:
         raise InputError("--resume: no checkpoint to resume from; run again without --resume.")
