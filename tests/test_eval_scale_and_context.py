@@ -158,6 +158,16 @@ def test_evaluate_one_predicted_context_against_a_whole_file_or_store(sim_adata,
                         str(real_arg), "--perturbation-key", "perturbation", "--control",
                         "control", "--out", str(tmp_path / out)], capsys)
         assert code == 0
+    from perturbcast.cli_options import _read_real
+
+    read = _read_real(tmp_path / "st", pred, "perturbation", "control", None)
+    obs = sim_adata.obs
+    want = obs.index[(obs.context == ctx[0]).to_numpy() &
+                     obs.perturbation.isin([p for p, _ in conds] + ["control"]).to_numpy()]
+    assert sorted(read.obs_names) == sorted(want)  # only the predicted context's cells
+    normalised = sim_exp.adata[read.obs_names]  # the store holds log1p(1e4) like the exp
+    np.testing.assert_allclose(read.X.toarray(), np.asarray(normalised.X.todense() if hasattr(
+        normalised.X, "todense") else normalised.X), atol=1e-5)
     store_scores = json.loads((tmp_path / "ev_store" / "summary.json").read_text())
     file_scores = json.loads((tmp_path / "ev_file" / "summary.json").read_text())
     for m, v in file_scores.items():

@@ -11,6 +11,7 @@ from perturbcast.errors import InputError
 from perturbcast.models import get_model, set_shrink
 
 FAST = {**TINY, "max_steps": 40}
+COMBOS = ("A", "B", "C", "A+B", "A+C", "B+C")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,56 @@ def test_shrink_zero_keeps_the_base_mean_and_the_network_spread(shift_exp, name)
     assert np.abs((pred - pred.mean(0)) - (x - x.mean(0))).max() > 1e-3
 
 
-def test_shrink_is_saved_with_the_model(shift_exp, tmp_path):
+def test_chosen_shrink_is_saved_with_the_model(shift_exp, tmp_path, monkeypatch):
+    """``auto`` picks a share at fit time; the saved model predicts with that share (its
+    params still say ``auto``)."""
+    def fake(probe, exp, fit_mask, held):  # a correction twice the miss: the best share is 0.5
+        x = np.full((2, exp.n_genes), 10.0)
+        return [(x, np.zeros(exp.n_genes), np.tile(2.0 * r, (2, 1)))
+                for r in set_shrink.real_deltas(exp, np.ones(exp.n_cells, bool), held)]
+
+    monkeypatch.setattr(set_shrink, "_probe_predictions", fake)
     train = shift_exp.perturbations != "A+B"
-    model = get_model("transition", base="additive", shrink=0.5, **FAST).fit(shift_exp, train)
+    model = get_model("transition", base="additive", shrink="auto", **FAST)
+    model.fit(shift_exp, train)
+    assert model.shrink == 0.5
     again = type(model).load(model.save(tmp_path / "m"))
-    assert again.shrink == 0.5
+    assert again.params["shrink"] == "auto" and again.shrink == 0.5
     np.testing.assert_array_equal(_cells(model, shift_exp, "A+B")[1],
                                   _cells(again, shift_exp, "A+B")[1])
+
+
+def test_shrink_zero_ensemble_has_no_spread(shift_exp):
+    """Members that all keep none of their correction predict the same mean: spread 0."""
+    train = shift_exp.perturbations != "A+B"
+    conds = [("A+B", "all"), ("C", "all")]
+    zero = get_model("transition", base="additive", shrink=0, n_seeds=2, **FAST)
+    spread = zero.fit(shift_exp, train).predict(shift_exp, conds, n_cells=40)
+    assert max(spread.uns["perturbcast"]["spread"].values()) < 1e-5
+    zero.shrink = 1.0
+    full = zero.predict(shift_exp, conds, n_cells=40).uns["perturbcast"]["spread"]
+    assert min(full.values()) > 1e-4
+
+
+def test_probe_never_sees_the_held_out_inner_fold(monkeypatch):
+    """The probe (and its base) train without the held-out inner fold's cells."""
+    adata = _known_shift_adata(labels=COMBOS, n=80)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    seen = []
+    real = set_shrink._probe_predictions
+
+    def spy(probe, exp_, fit_mask, held):
+        seen.append((sorted(set(exp_.perturbations[fit_mask])), held,
+                     probe.base_model.cond_pert.tolist()))
+        return real(probe, exp_, fit_mask, held)
+
+    monkeypatch.setattr(set_shrink, "_probe_predictions", spy)
+    get_model("transition", base="additive", shrink="auto", **FAST).fit(
+        exp, exp.perturbations != "B+C")
+    (trained, held, base_perts), = seen
+    assert len(held) == 1 and held[0][0] in ("A+B", "A+C")
+    assert held[0][0] not in trained and "B+C" not in trained
+    assert held[0][0] not in base_perts and {"A", "B", "C"} <= set(base_perts)
 
 
 def test_shrink_must_be_a_share_or_auto():
@@ -67,10 +111,11 @@ def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkey
 
     def fake(probe, exp, fit_mask, held):
         real = real_deltas(exp, np.ones(exp.n_cells, bool), held)
-        base = [r * 0.2 for r in real]  # the base misses 80% of the change
-        return base, [factor * (r - b) for r, b in zip(real, base, strict=True)]
+        x = np.full((2, exp.n_genes), 10.0)  # no clipping at 0
+        # the base misses 80% of the change; the correction is factor x the miss
+        return [(x, r * 0.2, np.tile(factor * r * 0.8, (2, 1))) for r in real]
 
-    monkeypatch.setattr(set_shrink, "_base_and_correction", fake)
+    monkeypatch.setattr(set_shrink, "_probe_predictions", fake)
     model = get_model("transition", base="context_mean", shrink="auto", **FAST)
     model.fit(shift_exp, shift_exp.perturbations != "A+B")
     summary = model.training_summary
@@ -78,9 +123,6 @@ def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkey
     assert summary["shrink_held_out"] >= 1
     errors = {float(k): v for k, v in summary["shrink_error"].items()}
     assert set(errors) == set(set_shrink.GRID) and errors[expected] == min(errors.values())
-
-
-COMBOS = ("A", "B", "C", "A+B", "A+C", "B+C")
 
 
 def test_auto_shrink_never_reads_the_test_fold():

@@ -66,14 +66,17 @@ def _obs_columns(path: Path) -> list[str]:
 def _read_real(path: Path, pred, perturbation_key: str, control: str,
                context_key: str | None):
     """The real cells for ``evaluate --real``: an .h5ad whole, or from a store only the
-    predicted perturbations (and controls) of the predicted contexts."""
+    predicted perturbations (and controls) of the predicted contexts (so, unlike a whole
+    file, a store does not reveal real perturbations the predictions left out)."""
     from .data.reading import open_h5ad
     from .data.store import is_store, store_cells
 
     if not is_store(path):
         return open_h5ad(path, False, "--real")
     if perturbation_key not in pred.obs:
-        raise InputError(f"obs column {perturbation_key!r} not found in the predictions.")
+        raise InputError(f"obs column {perturbation_key!r} not found in the predictions "
+                         f"(columns: {', '.join(map(str, pred.obs.columns))}); pass "
+                         f"--perturbation-key with a column both files have.")
     keep = {perturbation_key: set(pred.obs[perturbation_key].astype(str)) | {control}}
     record = dict(pred.uns.get("perturbcast", {}) or {})
     ckey = context_key or record.get("context_key") or None

@@ -1,5 +1,5 @@
-"""Commands around the models: ``atlas`` (and the in-silico screen), ``simulate``,
-``convert``, ``report`` and ``gene-vectors``."""
+"""Commands around the models: ``evaluate``, ``atlas`` (and the in-silico screen),
+``simulate``, ``convert``, ``report`` and ``gene-vectors``."""
 
 from __future__ import annotations
 
@@ -20,9 +20,51 @@ from .cli_options import (
     Seed,
     _check_out,
     _read,
+    _read_real,
     err,
     out,
 )
+from .errors import InputError
+
+
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", help="Predicted .h5ad.")],
+    real: Annotated[Path, typer.Option("--real", help="Real .h5ad, or a store from convert "
+                                       "(only the predicted perturbations and contexts are "
+                                       "read from a store).")],
+    perturbation_key: PertKey, control: Control,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    fdr: Annotated[str, typer.Option("--fdr", help="per_perturbation | global")] =
+    "per_perturbation",
+    epsilon: Annotated[float, typer.Option("--epsilon", help="LFC pseudocount (0 = cell-eval)")
+                       ] = 0.0,
+    context_key: Annotated[str | None, typer.Option(
+        "--context-key", help="obs column of contexts in both files: score per (perturbation, "
+        "context). Default: the predictions' context column when the real file has it.")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Score predictions like cell-eval: writes summary.json and per_perturbation.csv.
+
+    Raw counts in --real are normalised like the predictions' input (recorded by predict)."""
+    _check_out(out_dir, overwrite, is_dir=True)
+    from .data.reading import open_h5ad
+    from .eval import evaluate as run_eval
+    from .eval.report import write_csv
+    from .utils import write_json
+
+    if fdr not in ("per_perturbation", "global"):
+        raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
+    p_adata = open_h5ad(pred, False, "--pred")
+    adatas = [p_adata, _read_real(real, p_adata, perturbation_key, control, context_key)]
+    res = run_eval(adatas[0], adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon,
+                   context_key=context_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "summary.json", res.summary)
+    write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")
+    out.print_json(json.dumps({k: v for k, v in res.summary.items()}, default=str))
+    if res.by_context:
+        err.print(f"scored per context ({len(res.by_context)}): {', '.join(res.by_context)}")
+    err.print(f"wrote {out_dir}/summary.json and per_perturbation.csv")
 
 
 def atlas(
@@ -159,6 +201,7 @@ def gene_vectors(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the command line."""
+    app.command()(evaluate)
     app.command()(atlas)
     app.command()(simulate)
     app.command()(convert)

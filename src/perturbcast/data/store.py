@@ -229,9 +229,19 @@ def read_groups(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def store_cells(path: str | os.PathLike, keep: dict[str, set[str]]) -> ad.AnnData:
-    """The cells of a store whose obs match ``keep`` ({column: allowed values}; every column
-    must match) as an in-memory AnnData (CSR X, log1p as stored), e.g. the real cells of
-    the predicted conditions and their contexts' controls, without loading the rest."""
+    """Some cells of a store in memory, e.g. the real cells of the predicted conditions and
+    their contexts' controls, without loading the rest.
+
+    Parameters
+    ----------
+    path : store directory
+    keep : {obs column: allowed values}; a cell is kept when every column matches
+
+    Returns
+    -------
+    AnnData, shape (n_kept, n_genes): X a writable CSR matrix (float32, log1p as stored), obs
+    the store's columns indexed by cell name, in store order
+    """
     import scipy.sparse as sp
 
     matrix, adata, _ = open_store(path)
@@ -243,7 +253,8 @@ def store_cells(path: str | os.PathLike, keep: dict[str, set[str]]) -> ad.AnnDat
         sel &= adata.obs[col].astype(str).isin(values).to_numpy()
     idx = np.flatnonzero(sel)
     ptr, ind, val = matrix.csr_rows(idx)
-    x = sp.csr_matrix((val, ind, ptr), shape=(idx.size, matrix.n_store_genes))
+    x = sp.csr_matrix((np.array(val), np.array(ind), np.array(ptr)),  # copies: the maps
+                      shape=(idx.size, matrix.n_store_genes))  # are read-only
     obs = adata.obs.iloc[idx].copy()
     obs.index = obs.index.astype(str)
     return ad.AnnData(X=x, obs=obs, var=adata.var.copy())

@@ -62,6 +62,10 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
     if extra:
         raise InputError(f"predictions have context(s) {preview(extra, 5)} that the real "
                          f"data's {context_key!r} lacks; predict only the real contexts.")
+    if not set(rctx) & set(pctx):
+        raise InputError(f"no context of {context_key!r} is in both files (predictions: "
+                         f"{preview(sorted(set(pctx)), 5)}; real: {preview(sorted(set(rctx)), 5)}"
+                         f"); pass the real file of the predicted contexts.")
     unpredicted = sorted(set(rctx) - set(pctx))
     if unpredicted:
         warnings.warn(f"real context(s) {preview(unpredicted, 5)} of {context_key!r} have no "

@@ -212,6 +212,7 @@ class SetModel(SetModelState, PerturbationModel):
                                  "n_seeds": p["n_seeds"],
                                  "member_steps": [r["steps"] for r in runs],
                                  "data_mode": data.rows.mode, "sampler": sets.kind}
+
     def _new_net(self, n_in: int) -> ConditionalSetNet:
         p = self.params
         return ConditionalSetNet(n_in, p["dim"], p["depth"], p["n_heads"],
@@ -268,9 +269,9 @@ class SetModel(SetModelState, PerturbationModel):
             for i, s in enumerate(sets):
                 out[s] = z1[i, :s.size]
             changes.append(out - z)
+        changes = [shrink_change(c, self.shrink) for c in changes]  # the spread shrinks too
         change, self._spread[f"{perturbation}|{context}"] = combine_members(changes,
                                                                              self.latent)
-        change = shrink_change(change, self.shrink)
         pred = x_ctrl + self.latent.decode_change(change)
         return pred if base is None else pred + base[None, :].astype(np.float32)
 

@@ -64,4 +64,3 @@ class SetModelState:
     def _load_extra(self, directory: Path) -> None:
         f = directory / "training.json"
         self.training_summary = json.loads(f.read_text()) if f.exists() else {}
-

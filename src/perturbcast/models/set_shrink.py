@@ -15,6 +15,9 @@ training controls, and ``s`` minimises the squared error of the predicted mean c
 against their real one (ties go to the smaller ``s``). The probe's base is fitted without the
 held-out fold too, so it is the base as a test condition would see it. The final model is
 then trained on all training conditions. Cost: one extra training on ~(k-1)/k of the data.
+The scored cells are clipped at 0 as predictions are; a held-out condition the probe cannot
+predict (no feature row for its perturbation, no training controls in its context) is left
+out of the score, and with none left ``shrink`` stays 1 (announced).
 """
 
 from __future__ import annotations
@@ -73,43 +76,50 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
         warnings.simplefilter("ignore")  # predicted as 'unknown') are not the user's
         probe.fit(exp, fit_mask)
-        base, corr = _base_and_correction(probe, exp, fit_mask, held)
-    scored = [i for i, b in enumerate(base) if b is not None]
+        preds = _probe_predictions(probe, exp, fit_mask, held)
+    scored = [i for i, r in enumerate(preds) if not isinstance(r, str)]
     if not scored:
-        warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition (no "
-                      "feature rows); keeping the whole correction (shrink=1).", stacklevel=4)
+        warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition "
+                      f"({preds[0]}); keeping the whole correction (shrink=1).", stacklevel=4)
         return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
     real = real_deltas(exp, mask, [held[i] for i in scored])
-    base = np.stack([base[i] for i in scored])
-    corr = np.stack([corr[i] for i in scored])
-    errors = {s: float(((base + s * corr - real) ** 2).sum(1).mean()) for s in GRID}
+    errors = {s: float(np.mean([((_mean_change(*preds[i], s) - r) ** 2).sum()
+                                for i, r in zip(scored, real, strict=True)])) for s in GRID}
     chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
     return chosen, {"shrink": chosen, "shrink_held_out": len(scored),
                     "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
 
 
-def _base_and_correction(probe, exp: Experiment, fit_mask: np.ndarray,
-                         held: list[Condition]) -> tuple[list, list]:
-    """The probe's base delta and learned mean correction for each held-out condition
-    (arrays of n_genes; None where the probe cannot predict it), from the context's
-    training controls."""
+def _mean_change(x_ctrl: np.ndarray, base: np.ndarray, change: np.ndarray,
+                 s: float) -> np.ndarray:
+    """Predicted mean change, shape (n_genes,), of cells ``x_ctrl + base + change`` (each
+    (n_cells, n_genes) or broadcast) keeping the share ``s`` of the correction, clipped at 0
+    as :meth:`~perturbcast.models.base.PerturbationModel.predict` clips."""
+    cells = x_ctrl + base + shrink_change(change, s)
+    return np.clip(cells, 0.0, None).mean(0) - x_ctrl.mean(0)
+
+
+def _probe_predictions(probe, exp: Experiment, fit_mask: np.ndarray, held: list[Condition]
+                       ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | str]:
+    """For each held-out condition, from up to :data:`PROBE_CELLS` training controls of its
+    context: (control cells (n, n_genes), the probe's base delta (n_genes,), each cell's
+    learned correction (n, n_genes)), or why it cannot be predicted."""
     gene_idx = probe._gene_index(exp)
     rng = np.random.default_rng(probe.seed)
-    bases, corrs = [], []
+    out: list = []
     for pert, ctx in held:
         pool = np.flatnonzero(fit_mask & exp.is_control & (exp.contexts == ctx))
-        if pool.size == 0:  # no training controls there: what predict() would use
-            pool = np.flatnonzero(exp.is_control & (exp.contexts == ctx))
+        if pool.size == 0:
+            out.append(f"no training control cells in context {ctx!r}")
+            continue
         pick = np.sort(rng.choice(pool, min(PROBE_CELLS, pool.size), replace=False))
         x_ctrl = exp.rows(pick)[:, gene_idx]
         try:
             pred = probe._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick)
-        except InputError:  # no feature row for a held-out perturbation: cannot score it
-            bases.append(None)
-            corrs.append(None)
+        except InputError as exc:  # e.g. no feature row for a held-out perturbation
+            out.append(str(exc))
             continue
         base = (np.zeros(x_ctrl.shape[1]) if probe.base_model is None else
                 probe.base_model.delta(pert, ctx))
-        bases.append(base)
-        corrs.append(pred.mean(0) - x_ctrl.mean(0) - base)
-    return bases, corrs
+        out.append((x_ctrl, base, pred - x_ctrl - base))
+    return out
