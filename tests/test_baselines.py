@@ -131,3 +131,35 @@ def test_predict_errors(sim_exp, sim_adata):
         get_model("nope")
     with pytest.raises(InputError, match="not a saved perturbcast model"):
         PerturbationModel.load(".")
+
+
+def test_predicted_cells_are_non_negative_with_the_intended_mean():
+    """Controls with many zeros shifted down: clipping alone would raise the predicted mean
+    (the change toward 0); the cells stay >= 0 and keep mean max(controls + delta, 0)."""
+    from perturbcast.models.base import clip_keep_mean
+
+    rng = np.random.default_rng(0)
+    ctrl = np.where(rng.random((400, 6)) < 0.6, 0.0, rng.gamma(2.0, 1.0, (400, 6)))
+    delta = np.array([-0.3, -0.1, 0.0, 0.4, -5.0, -0.6])
+    shifted = ctrl + delta
+    out = clip_keep_mean(shifted)
+    assert (out >= 0).all()
+    np.testing.assert_allclose(out.mean(0), np.maximum(shifted.mean(0), 0), atol=1e-12)
+    naive = np.clip(shifted, 0, None).mean(0)
+    assert (naive[[0, 1, 5]] > out.mean(0)[[0, 1, 5]] + 0.05).all()  # what plain clipping did
+    np.testing.assert_array_equal(out[:, 3], shifted[:, 3])  # nothing below 0: unchanged
+    assert (out[:, 4] == 0).all()  # the mean itself below 0: all zero
+    assert (out[ctrl[:, 0] == 0, 0] == 0).all()  # zeros stay zeros
+    # a shift baseline's predictions carry it: their mean change is its delta
+    a = ad.AnnData(X=np.vstack([ctrl, np.clip(ctrl + delta, 0, None)]).astype(
+        np.float32), obs=pd.DataFrame({"p": ["ctl"] * 400 + ["X"] * 400, "c": "k"},
+                                       index=[f"c{i}" for i in range(800)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(6)]))
+    exp = read_experiment(a, "p", "ctl", context_key="c", input_scale="log1p")
+    model = get_model("context_mean").fit(exp)
+    pred = model.predict(exp, [("X", "k")], n_cells=400)
+    x = np.asarray(pred.X)
+    d = model.delta("X", "k")
+    pool_mean = exp.rows(np.flatnonzero(exp.is_control)).mean(0)
+    assert (x >= 0).all()
+    np.testing.assert_allclose(x.mean(0), np.maximum(pool_mean + d, 0), atol=1e-5)  # all 400

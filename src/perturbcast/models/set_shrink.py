@@ -15,7 +15,7 @@ training controls, and ``s`` minimises the squared error of the predicted mean c
 against their real one (ties go to the smaller ``s``). The probe's base is fitted without the
 held-out fold too, so it is the base as a test condition would see it. The final model is
 then trained on all training conditions. Cost: one extra training on ~(k-1)/k of the data.
-The scored cells are clipped at 0 as predictions are; a held-out condition the probe cannot
+The scored means are floored at 0 as predictions' are; a held-out condition the probe cannot
 predict (no feature row for its perturbation, no training controls in its context) is left
 out of the score, and with none left ``shrink`` stays 1 (announced).
 """
@@ -93,10 +93,11 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
 def _mean_change(x_ctrl: np.ndarray, base: np.ndarray, change: np.ndarray,
                  s: float) -> np.ndarray:
     """Predicted mean change, shape (n_genes,), of cells ``x_ctrl + base + change`` (each
-    (n_cells, n_genes) or broadcast) keeping the share ``s`` of the correction, clipped at 0
-    as :meth:`~perturbcast.models.base.PerturbationModel.predict` clips."""
+    (n_cells, n_genes) or broadcast) keeping the share ``s`` of the correction, made
+    non-negative as :meth:`~perturbcast.models.base.PerturbationModel.predict` does
+    (:func:`~perturbcast.models.base.clip_keep_mean`: the mean, floored at 0)."""
     cells = x_ctrl + base + shrink_change(change, s)
-    return np.clip(cells, 0.0, None).mean(0) - x_ctrl.mean(0)
+    return np.maximum(cells.mean(0), 0.0) - x_ctrl.mean(0)
 
 
 def _probe_predictions(probe, exp: Experiment, fit_mask: np.ndarray, held: list[Condition]
