@@ -161,7 +161,7 @@ class PerturbationModel(ABC):
             pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
             x_ctrl = exp.rows(pick)[:, gene_idx]
             pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
-            blocks.append(clip_keep_mean(pred).astype(np.float32))
+            blocks.append(clip_keep_mean(np.asarray(pred, np.float32)).astype(np.float32))
             labels += [pert] * n
             ctxs += [ctx] * n
         if include_controls:
