@@ -72,6 +72,23 @@ def spread_calibration(per_perturbation) -> dict[str, float]:
     return out
 
 
+def choice_lines(fits) -> list[str]:
+    """Per learned model, what its training chose in each fold (base, shrink, steps) and
+    for how many of the seeds, e.g. ``transition: line=A172 base=context_mean shrink=0.5
+    steps=200 (x3)``."""
+    keys = [k for k in ("base", "shrink", "steps") if k in fits]
+    if "base" not in keys:
+        return []
+    out = []
+    for (m, fold), rows in fits.dropna(subset=["base"]).groupby(["model", "fold"], sort=False):
+        shown = rows[keys].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+        for combo, n in shown.value_counts(sort=False).items():
+            out.append(f"{m}: {fold} " + " ".join(f"{k}={v}" for k, v in zip(keys, combo,
+                                                                           strict=True))
+                       + f" (x{n})")
+    return out
+
+
 def prompted_only(exp, split) -> int:
     """Keep, in every fold, the test conditions that have prompt cells among the fold's
     training cells (the in-context model's rule: the perturbation in other contexts, or a
@@ -137,6 +154,8 @@ def main() -> None:
             figures[f"{name}_{m}_vs_{r['baseline']}"] = f"{r['difference']:+.4f}"
             figures[f"{name}_{m}_exceeds_spread"] = str(r["exceeds_spread"]).lower()
             figures[f"{name}_{m}_fit_s_per_fold"] = f"{fit_s[m]:.1f}"
+        for line in choice_lines(res.fits):
+            print(line)
         for m, rho in spread_calibration(res.per_perturbation).items():
             print(f"{m}: Spearman(ensemble spread, mae) over perturbations = {rho:+.3f}")
             figures[f"{name}_{m}_spread_mae_spearman"] = f"{rho:.3f}"
