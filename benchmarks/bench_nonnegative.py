@@ -1,10 +1,13 @@
-"""How predicted cells are made non-negative, chosen without the test folds.
+"""How predicted cells are made non-negative, and whether the drawn controls' mean is matched
+to the context's, chosen without the test folds.
 
 On each real task's first-fold TRAINING cells only, a third of the training conditions is
 held out (3 inner folds; by perturbation on papalexi21/norman19 (combinations only there), by
-condition on mcfaline23/kang18) and the shift baselines are scored with plain clipping at 0
-against :func:`perturbcast.models.base.clip_keep_mean` (the default: clipped values scaled to
-keep each gene's mean). Needs ../shared/data.
+condition on mcfaline23/kang18) and the shift baselines are scored under three rules:
+``plain_clip`` (clip at 0), ``keep_mean`` (:func:`perturbcast.models.base.clip_keep_mean`:
+clipped values scaled to keep each gene's mean) and ``keep_mean_matched`` (the default: also
+the drawn controls shifted to the context's control mean,
+:data:`perturbcast.models.base.MATCH_CONTROL_MEAN`). Needs ../shared/data.
 
     python benchmarks/bench_nonnegative.py [--tasks t1,t2]
 """
@@ -41,8 +44,10 @@ for task in tasks.split(","):
             test = [c for c in test if len(inner.components(c[0])) > 1]
         folds.append(Fold(f"inner{k}", [c for c in conds if c not in test], test))
     sp = Split("custom", 0, [f for f in folds if f.test], {})
-    for label, fn in [("plain_clip", lambda x: np.clip(x, 0, None)), ("keep_mean", orig)]:
-        B.clip_keep_mean = fn
+    rules = [("plain_clip", lambda x: np.clip(x, 0, None), False), ("keep_mean", orig, False),
+             ("keep_mean_matched", orig, True)]
+    for label, fn, matched in rules:
+        B.clip_keep_mean, B.MATCH_CONTROL_MEAN = fn, matched
         res = run_benchmark(inner, sp, ["cell_mean", *models], show_progress=False,
                             edistance=False, skip_unable=True)
         s = res.summary.set_index("model")
@@ -51,15 +56,18 @@ for task in tasks.split(","):
                 rows.append({"task": task, "model": m, "rule": label,
                              "pearson_delta": s.pearson_delta[m], "mae": s.mae[m],
                              "score": s.score[m]})
-    B.clip_keep_mean = orig
+    B.clip_keep_mean, B.MATCH_CONTROL_MEAN = orig, True
 t = pd.DataFrame(rows).pivot_table(index=["task", "model"], columns="rule",
                                    values=["pearson_delta", "mae"])
 print(t.round(4).to_string())
 d = pd.DataFrame(rows).pivot_table(index=["task", "model"], columns="rule",
                                    values=["pearson_delta", "mae"])
-better_pd = int((d["pearson_delta"]["keep_mean"] > d["pearson_delta"]["plain_clip"]).sum())
-better_mae = int((d["mae"]["keep_mean"] < d["mae"]["plain_clip"]).sum())
-print(f"rows={len(d)} keep_mean_better_pearson_delta={better_pd} keep_mean_better_mae="
-      f"{better_mae} mean_pearson_delta_gain="
-      f"{(d['pearson_delta']['keep_mean'] - d['pearson_delta']['plain_clip']).mean():.4f} "
-      f"mean_mae_change={(d['mae']['keep_mean'] - d['mae']['plain_clip']).mean():+.5f}")
+figures = {"rows": len(d)}
+for new, old in (("keep_mean", "plain_clip"), ("keep_mean_matched", "keep_mean")):
+    pd_gain = d["pearson_delta"][new] - d["pearson_delta"][old]
+    mae_change = d["mae"][new] - d["mae"][old]
+    figures[f"{new}_vs_{old}_better_pearson_delta"] = int((pd_gain > 0).sum())
+    figures[f"{new}_vs_{old}_better_mae"] = int((mae_change < 0).sum())
+    figures[f"{new}_vs_{old}_mean_pearson_delta_gain"] = f"{pd_gain.mean():.4f}"
+    figures[f"{new}_vs_{old}_mean_mae_change"] = f"{mae_change.mean():+.5f}"
+print(" ".join(f"{k}={v}" for k, v in figures.items()))

@@ -163,3 +163,31 @@ def test_predicted_cells_are_non_negative_with_the_intended_mean():
     pool_mean = exp.rows(np.flatnonzero(exp.is_control)).mean(0)
     assert (x >= 0).all()
     np.testing.assert_allclose(x.mean(0), np.maximum(pool_mean + d, 0), atol=1e-5)  # all 400
+
+
+def test_drawn_controls_carry_the_context_mean(sim_exp):
+    """A few drawn controls: their mean is moved to the context's control mean, so a shift
+    baseline's predicted mean change is its delta, not the draw's noise (before clipping)."""
+    import perturbcast.models.base as base_module
+
+    model = get_model("context_mean").fit(sim_exp)
+    ctx = "ctx0"
+    pool = np.flatnonzero(sim_exp.is_control & (sim_exp.contexts == ctx))
+    full = sim_exp.rows(pool).mean(0)
+    pert = next(p for p in sim_exp.perturbation_names() if "+" not in p)
+    seen = {}
+    real = model._predict_cells
+
+    def spy(x_ctrl, *args, **kwargs):
+        seen["mean"] = x_ctrl.mean(0)
+        return real(x_ctrl, *args, **kwargs)
+
+    model._predict_cells = spy
+    model.predict(sim_exp, [(pert, ctx)], n_cells=7)
+    np.testing.assert_allclose(seen["mean"], full, atol=1e-4)
+    base_module.MATCH_CONTROL_MEAN = False
+    try:
+        model.predict(sim_exp, [(pert, ctx)], n_cells=7)
+    finally:
+        base_module.MATCH_CONTROL_MEAN = True
+    assert np.abs(seen["mean"] - full).max() > 0.05  # 7 raw draws: off by sampling noise

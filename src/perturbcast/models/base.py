@@ -32,6 +32,24 @@ Condition = tuple[str, str]
 FORMAT_VERSION = 1
 
 
+MATCH_CONTROL_MEAN = True
+"""Predictions start from ``n`` control cells drawn from the context; their mean differs from
+the context's control mean by sampling noise (sd / sqrt(n) per gene), which every predicted
+mean change then carries. With this on, the drawn cells are shifted (each gene by one
+constant) so their mean is the mean of all the context's controls: cells keep their spread
+and the prediction's mean change is the model's, not the draw's. (Chosen on inner folds of
+the training cells: ``benchmarks/bench_nonnegative.py``.)"""
+
+
+def control_mean(exp, pool: np.ndarray, gene_idx: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Mean of rows ``pool`` of ``exp`` over genes ``gene_idx``, shape (n_genes,), read in
+    chunks (a store's context may hold more controls than fit in memory at once)."""
+    total = np.zeros(len(gene_idx), np.float64)
+    for start in range(0, pool.size, chunk):
+        total += exp.rows(pool[start:start + chunk])[:, gene_idx].sum(0, dtype=np.float64)
+    return total / max(pool.size, 1)
+
+
 def clip_keep_mean(cells: np.ndarray) -> np.ndarray:
     """Predicted cells made non-negative without moving their mean change.
 
@@ -149,7 +167,7 @@ class PerturbationModel(ABC):
                           f"their control cells only.", stacklevel=2)
         gene_idx = self._gene_index(exp)
         ctrl = exp.is_control
-        blocks, labels, ctxs = [], [], []
+        blocks, labels, ctxs, pool_mean = [], [], [], {}
         for (pert, ctx), n in zip(conds, counts, strict=True):
             pool = np.flatnonzero(ctrl & (exp.contexts == ctx))
             if pool.size == 0:
@@ -160,6 +178,10 @@ class PerturbationModel(ABC):
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
             pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
             x_ctrl = exp.rows(pick)[:, gene_idx]
+            if MATCH_CONTROL_MEAN:  # the drawn controls' mean is the context's (see above)
+                if ctx not in pool_mean:
+                    pool_mean[ctx] = control_mean(exp, pool, gene_idx)
+                x_ctrl = x_ctrl + (pool_mean[ctx] - x_ctrl.mean(0)).astype(np.float32)
             pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
             blocks.append(clip_keep_mean(np.asarray(pred, np.float32)).astype(np.float32))
             labels += [pert] * n
