@@ -101,20 +101,23 @@ def discrimination_score(d: PairArrays, metric: str = "l1") -> dict[str, float]:
     return _as_dict(d.perts, out)
 
 
-def _mean_pairwise(a: torch.Tensor, b: torch.Tensor | None, float32: bool) -> float:
+def _mean_pairwise(a: torch.Tensor, b: torch.Tensor | None, float32: bool):
     """Mean Euclidean distance over all pairs (``a`` with itself when ``b`` is None, diagonal 0).
 
     Like scikit-learn (which cell-eval uses), float32 data gives float32 distances averaged in
-    float32 (``float32=True``); distances are computed in float64 first.
+    float32 (``float32=True``; returned as a numpy float32 scalar, so that the energy distance
+    ``2 d_xy - d_xx - d_yy`` is combined in float32 as cell-eval's numpy scalars are);
+    distances are computed in float64 first.
     """
     if b is None:
         if a.shape[0] < 2:
-            return 0.0
+            return np.float32(0.0) if float32 else 0.0
         dist = torch.cdist(a, a)
         dist.fill_diagonal_(0.0)
     else:
         dist = torch.cdist(a, b)
-    return float(dist.numpy().astype(np.float32 if float32 else np.float64, copy=False).mean())
+    mean = dist.numpy().astype(np.float32 if float32 else np.float64, copy=False).mean()
+    return mean if float32 else float(mean)  # a float32 scalar: later sums stay in float32
 
 
 def _t64(x: np.ndarray) -> torch.Tensor:
