@@ -176,9 +176,10 @@ class PerturbationModel(ABC):
                     f"controls: {preview(sorted(set(exp.contexts[ctrl])))}."
                 )
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
-            pick = np.sort(rng.choice(pool, n, replace=n > pool.size))
+            pick = np.sort(rng.choice(pool, n, replace=n > pool.size))  # n = pool: all once
             x_ctrl = exp.rows(pick)[:, gene_idx]
-            if MATCH_CONTROL_MEAN:  # the drawn controls' mean is the context's (see above)
+            if MATCH_CONTROL_MEAN and pick.size != pool.size:  # the drawn controls' mean is
+                # the context's (see above); drawing every control once already has it
                 if ctx not in pool_mean:
                     pool_mean[ctx] = control_mean(exp, pool, gene_idx)
                 x_ctrl = x_ctrl + (pool_mean[ctx] - x_ctrl.mean(0)).astype(np.float32)
