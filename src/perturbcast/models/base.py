@@ -184,7 +184,7 @@ class PerturbationModel(ABC):
                     pool_mean[ctx] = control_mean(exp, pool, gene_idx)
                 x_ctrl = x_ctrl + (pool_mean[ctx] - x_ctrl.mean(0)).astype(np.float32)
             pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
-            blocks.append(clip_keep_mean(np.asarray(pred, np.float32)).astype(np.float32))
+            blocks.append(clip_keep_mean(np.asarray(pred, np.float32)))  # float32 in and out
             labels += [pert] * n
             ctxs += [ctx] * n
         if include_controls:

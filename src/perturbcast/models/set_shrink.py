@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..data.experiment import Experiment
+from ..data.splits import _condition_mask
 from ..errors import InputError
 from .set_residual import Condition, inner_folds, inner_unit, real_deltas
 
@@ -69,8 +70,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
         warnings.warn(f"{model.name}: shrink=auto needs two inner folds of training conditions "
                       f"(unit {unit!r}); keeping the whole correction (shrink=1).", stacklevel=4)
         return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
-    labels = np.char.add(np.char.add(exp.perturbations.astype(str), "|"), exp.contexts.astype(str))
-    fit_mask = mask & ~np.isin(labels, [f"{a}|{b}" for a, b in held])
+    fit_mask = mask & ~_condition_mask(exp, held)
     probe = type(model)(seed=model.seed, **{**p, "base": model.base_name, "shrink": 1.0,
                                             "n_seeds": 1, "checkpoint_dir": None})
     with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
