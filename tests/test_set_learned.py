@@ -60,6 +60,31 @@ def test_residual_training_uses_out_of_fold_base_deltas(shift_exp):
     assert not np.allclose(oof[0], own.delta("A", "all"), atol=1e-3)
 
 
+def test_auto_base_error_is_averaged_over_repeated_inner_folds(sim_exp):
+    """``auto`` scores each candidate on ``BASE_REPEATS`` fold assignments (the first is the
+    one the network trains on) and averages: one assignment's choice follows the seed."""
+    from perturbcast.models import set_residual as sr
+
+    fold = make_split(sim_exp, "combo", n_folds=2, seed=0).folds[0]
+    train, keys = fold.train_mask(sim_exp), sorted(map(tuple, fold.train))
+    _, oof, summary = sr.choose_base("auto", sim_exp, train, keys, "perturbation", 3, 4)
+    assert summary["inner_repeats"] == sr.BASE_REPEATS > 1
+    real = sr.real_deltas(sim_exp, train, keys)
+    unit = summary["inner_unit"]
+    per_repeat = []
+    for r in range(sr.BASE_REPEATS):
+        folds = sr.inner_folds(keys, unit, 3, 4 + 7919 * r, sim_exp.components)
+        deltas = sr.out_of_fold_deltas("linear", sim_exp, train, keys, folds, 4)
+        per_repeat.append(((deltas - real) ** 2).sum(1).mean())
+        if r == 0:
+            first = sr.out_of_fold_deltas(summary["base"], sim_exp, train, keys, folds, 4)
+    assert len({round(e, 6) for e in per_repeat}) > 1  # the assignments differ
+    assert summary["inner_error"]["linear"] == pytest.approx(np.mean(per_repeat), abs=1e-5)
+    np.testing.assert_allclose(oof, first, atol=1e-6)
+    fixed = sr.choose_base("linear", sim_exp, train, keys, "perturbation", 3, 4)[2]
+    assert fixed["inner_repeats"] == 1
+
+
 def test_residual_model_saves_and_loads(shift_exp, tmp_path):
     train = shift_exp.perturbations != "A+B"
     model = get_model("transition", base="additive", n_seeds=2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from test_set_models import TINY, _known_shift_adata
@@ -73,8 +75,11 @@ def test_shrink_zero_ensemble_has_no_spread(shift_exp):
     assert min(full.values()) > 1e-4
 
 
-def test_probe_never_sees_the_held_out_inner_fold(monkeypatch):
-    """The probe (and its base) train without the held-out inner fold's cells."""
+@pytest.mark.parametrize("min_held, n_probes", [(8, 2), (1, 1)])
+def test_probes_never_see_their_held_out_inner_fold(monkeypatch, min_held, n_probes):
+    """Each probe (and its base) trains without its held-out inner fold's cells; probes hold
+    out inner folds in turn until ``MIN_HELD_OUT`` conditions are scored (here the two inner
+    folds A+B and A+C; with a minimum of 1, the first probe is enough)."""
     adata = _known_shift_adata(labels=COMBOS, n=80)
     exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
     seen = []
@@ -86,12 +91,37 @@ def test_probe_never_sees_the_held_out_inner_fold(monkeypatch):
         return real(probe, exp_, fit_mask, held)
 
     monkeypatch.setattr(set_shrink, "_probe_predictions", spy)
-    get_model("transition", base="additive", shrink="auto", **FAST).fit(
+    monkeypatch.setattr(set_shrink, "MIN_HELD_OUT", min_held)
+    model = get_model("transition", base="additive", shrink="auto", **FAST).fit(
         exp, exp.perturbations != "B+C")
-    (trained, held, base_perts), = seen
-    assert len(held) == 1 and held[0][0] in ("A+B", "A+C")
-    assert held[0][0] not in trained and "B+C" not in trained
-    assert held[0][0] not in base_perts and {"A", "B", "C"} <= set(base_perts)
+    assert len(seen) == n_probes == model.training_summary["shrink_probes"]
+    assert model.training_summary["shrink_held_out"] == n_probes
+    held_out = {h[0][0] for _, h, _ in seen}
+    assert len(held_out) == n_probes and held_out <= {"A+B", "A+C"}
+    for trained, held, base_perts in seen:
+        assert len(held) == 1 and held[0][0] in ("A+B", "A+C")
+        assert held[0][0] not in trained and "B+C" not in trained
+        assert held[0][0] not in base_perts and {"A", "B", "C"} <= set(base_perts)
+
+
+def test_probes_stop_at_max_probes(monkeypatch):
+    """Never more than ``MAX_PROBES`` extra trainings, however few conditions are scored
+    (five inner folds of one perturbation each; the held-out singles cannot be predicted)."""
+    adata = _known_shift_adata(labels=COMBOS, n=60)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    calls = []
+    real = set_shrink._probe_predictions
+    monkeypatch.setattr(set_shrink, "_probe_predictions",
+                        lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(set_shrink, "MAX_PROBES", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_model("transition", base="context_mean", shrink="auto",
+                          inner_unit="perturbation", **FAST).fit(exp, exp.perturbations != "B+C")
+    assert model.training_summary["inner_folds"] == 5
+    assert len(calls) == 2 == model.training_summary["shrink_probes"]
+    held = [k for h in calls for k in h]
+    assert len(held) == len(set(held)) == 2 and ("B+C", "all") not in held
 
 
 def test_shrink_must_be_a_share_or_auto():
@@ -126,7 +156,7 @@ def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkey
 
 
 def test_auto_shrink_never_reads_the_test_fold():
-    """B+C is the test fold; A+B and A+C are the inner folds (one is held out for the probe)."""
+    """B+C is the test fold; A+B and A+C are the inner folds (each held out by a probe)."""
     adata = _known_shift_adata(labels=COMBOS, n=80)
     exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
     train = exp.perturbations != "B+C"
@@ -136,7 +166,7 @@ def test_auto_shrink_never_reads_the_test_fold():
     adata.X[test] = adata.X[test] * 50 + 7  # a poisoned test fold
     poisoned_exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
     poisoned = get_model("transition", **params).fit(poisoned_exp, train).training_summary
-    assert clean["shrink_held_out"] == 1 and clean["inner_unit"] == "combo"
+    assert clean["shrink_held_out"] == 2 and clean["inner_unit"] == "combo"
     assert clean["shrink"] == poisoned["shrink"]
     assert clean["shrink_error"] == poisoned["shrink_error"]
 

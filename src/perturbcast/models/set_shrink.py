@@ -9,12 +9,16 @@ set's mean correction, so the cells keep the network's spread around a mean of
 
 ``shrink=auto`` chooses ``s`` from :data:`GRID` without reading the test fold: a probe model
 (same class and parameters, one member, the chosen base) is trained on the training
-conditions minus the first inner fold (:func:`~perturbcast.models.set_residual.inner_folds`,
-the unit a test fold would hold out), predicts the held-out conditions from their own
-training controls, and ``s`` minimises the squared error of the predicted mean change
-against their real one (ties go to the smaller ``s``). The probe's base is fitted without the
-held-out fold too, so it is the base as a test condition would see it. The final model is
-then trained on all training conditions. Cost: one extra training on ~(k-1)/k of the data.
+conditions minus an inner fold (:func:`~perturbcast.models.set_residual.inner_folds`, the
+unit a test fold would hold out), predicts the held-out conditions from their own training
+controls, and ``s`` minimises the squared error of the predicted mean change against their
+real one, pooled over the probes (ties go to the smaller ``s``). Probes hold out inner folds
+0, 1, ... until :data:`MIN_HELD_OUT` conditions have been scored or :data:`MAX_PROBES` probes
+have run: one fold of ~4 perturbations (papalexi21_unseen) or one combination
+(norman19_combo) gave a different share with every seed. Each probe's base is fitted without
+its held-out fold too, so it is the base as a test condition would see it. The final model is
+then trained on all training conditions. Cost: one to :data:`MAX_PROBES` extra trainings on
+~(k-1)/k of the data.
 The scored means are floored at 0 as predictions' are; a held-out condition the probe cannot
 predict (no feature row for its perturbation, no training controls in its context) is left
 out of the score, and with none left ``shrink`` stays 1 (announced).
@@ -34,6 +38,8 @@ from .set_residual import Condition, inner_folds, inner_unit, real_deltas
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 PROBE_CELLS = 256
+MIN_HELD_OUT = 8
+MAX_PROBES = 3
 
 
 def check_shrink(value: Any) -> float | str:
@@ -59,35 +65,51 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
                   cond_keys: list[Condition]) -> tuple[float, dict[str, Any]]:
     """Choose ``shrink`` for ``model`` (being fitted on ``mask``, base already chosen).
 
-    Returns the chosen value and a summary for ``training_summary`` (the held-out conditions'
-    count and each grid value's mean squared error of the predicted mean change).
+    Returns the chosen value and a summary for ``training_summary`` (the number of probes and
+    of held-out conditions scored, each grid value's mean squared error of the predicted mean
+    change).
     """
     p = model.params
     unit = inner_unit(cond_keys, p["inner_unit"], exp.components)
     folds = inner_folds(cond_keys, unit, p["inner_folds"], model.seed, exp.components)
-    held = [k for k, f in zip(cond_keys, folds, strict=True) if f == 0]
-    if folds.max() < 1 or not held:
+    if folds.max() < 1:
         warnings.warn(f"{model.name}: shrink=auto needs two inner folds of training conditions "
                       f"(unit {unit!r}); keeping the whole correction (shrink=1).", stacklevel=4)
-        return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_probes": 0}
+    scored: list[tuple] = []  # (held-out condition, its probe prediction)
+    reasons: list[str] = []
+    n_probes = 0
+    for fold in range(min(MAX_PROBES, int(folds.max()) + 1)):
+        if len(scored) >= MIN_HELD_OUT:
+            break
+        held = [k for k, f in zip(cond_keys, folds, strict=True) if f == fold]
+        preds = _probe(model, exp, mask, held)
+        n_probes += 1
+        scored += [(k, r) for k, r in zip(held, preds, strict=True) if not isinstance(r, str)]
+        reasons += [r for r in preds if isinstance(r, str)]
+    if not scored:
+        warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition "
+                      f"({reasons[0]}); keeping the whole correction (shrink=1).", stacklevel=4)
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_probes": n_probes}
+    real = real_deltas(exp, mask, [k for k, _ in scored])
+    errors = {s: float(np.mean([((_mean_change(*pred, s) - r) ** 2).sum()
+                                for (_, pred), r in zip(scored, real, strict=True)]))
+              for s in GRID}
+    chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
+    return chosen, {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
+                    "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
+
+
+def _probe(model, exp: Experiment, mask: np.ndarray, held: list[Condition]) -> list:
+    """Train a one-member copy of ``model`` (its chosen base, shrink 1) without the ``held``
+    conditions and predict them (see :func:`_probe_predictions`)."""
     fit_mask = mask & ~_condition_mask(exp, held)
-    probe = type(model)(seed=model.seed, **{**p, "base": model.base_name, "shrink": 1.0,
-                                            "n_seeds": 1, "checkpoint_dir": None})
+    probe = type(model)(seed=model.seed, **{**model.params, "base": model.base_name,
+                                            "shrink": 1.0, "n_seeds": 1, "checkpoint_dir": None})
     with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
         warnings.simplefilter("ignore")  # predicted as 'unknown') are not the user's
         probe.fit(exp, fit_mask)
-        preds = _probe_predictions(probe, exp, fit_mask, held)
-    scored = [i for i, r in enumerate(preds) if not isinstance(r, str)]
-    if not scored:
-        warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition "
-                      f"({preds[0]}); keeping the whole correction (shrink=1).", stacklevel=4)
-        return 1.0, {"shrink": 1.0, "shrink_held_out": 0}
-    real = real_deltas(exp, mask, [held[i] for i in scored])
-    errors = {s: float(np.mean([((_mean_change(*preds[i], s) - r) ** 2).sum()
-                                for i, r in zip(scored, real, strict=True)])) for s in GRID}
-    chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
-    return chosen, {"shrink": chosen, "shrink_held_out": len(scored),
-                    "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
+        return _probe_predictions(probe, exp, fit_mask, held)
 
 
 def _mean_change(x_ctrl: np.ndarray, base: np.ndarray, change: np.ndarray,
