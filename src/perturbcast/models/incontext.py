@@ -31,6 +31,10 @@ val_fraction, val_every, patience, min_delta : validation and early stopping (se
     budget it stopped after 950-1200 of 2000 steps, more accurate than the default budget
 bank_cells, bank_controls : training cells kept per condition / per context as the default
     prompt source (saved with the model)
+base, shrink, inner_unit, inner_folds : fall back toward a baseline's mean change (see
+    :mod:`~perturbcast.models.fallback`; the network never sees the base, so with the default
+    ``shrink=1`` the base changes nothing); ``base=auto shrink=auto`` chooses both on inner
+    folds of the training conditions (up to 3 extra trainings)
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ..modules.tabular import (
 from ..modules.tabular_cache import encode_prompt, predict_queries
 from ..utils import seed_everything
 from .base import Condition, PerturbationModel
+from .fallback import BaseFallback
 from .incontext_fit import fit_phases
 from .incontext_io import bank_state, experiment_like, prompt_source
 from .incontext_sets import PromptSource, StoreRows, roles
@@ -69,15 +74,17 @@ DEFAULTS: dict[str, Any] = dict(
     change_skip=True, set_size=64,
     n_prompt=32, n_sets=8, pretrain_steps=200, finetune_steps=300, lr=1e-3, mask_min=0.1,
     mask_max=0.8, mean_weight=1.0, bank_cells=64, bank_controls=128, show_progress=False,
-    val_fraction=0.1, val_every=50, patience=3, min_delta=0.01,
+    val_fraction=0.1, val_every=50, patience=3, min_delta=0.01, base="none", shrink=1.0,
+    inner_unit="auto", inner_folds=5,
 )
-CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb")}
+CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb"),
+           "inner_unit": ("auto", "combo", "perturbation", "condition")}
 SETS_PER_CALL = 32  # query sets per forward pass in prediction (memory bound)
 NB_SCALE = 1e4  # counts scale of log1p(total 1e4) data
 NORMALISATION = "log1p(counts / total * 1e4); raw counts are normalised on reading"
 
 
-class InContextModel(PerturbationModel):
+class InContextModel(BaseFallback, PerturbationModel):
     """See the module docstring."""
 
     name: ClassVar[str] = "incontext"
@@ -95,6 +102,7 @@ class InContextModel(PerturbationModel):
         if not 0 <= float(self.params["val_fraction"]) < 1:
             raise InputError(f"incontext: val_fraction={self.params['val_fraction']!r} is not in "
                              "[0, 1); use e.g. 0.1 (0: no validation).")
+        self._init_fallback()
         self.net: TabularSetNet | None = None
         self.bank: dict[str, np.ndarray] = {}
         self.training_summary: dict[str, Any] = {}
@@ -178,9 +186,13 @@ class InContextModel(PerturbationModel):
         meta = {"model": self.name, "params": self.params, "genes": self.genes.tolist(),
                 "vocabulary": self.vocabulary, "contexts": self.contexts}
 
-        self.training_summary = fit_phases(self, x, perts, ctxs, batches, exp.control,
-                                           exp.components, rng, meta)
+        cond_keys = sorted({(a, b) for a, b in zip(perts, ctxs, strict=True) if a != exp.control})
+        base_summary = self._fit_base(exp, mask, cond_keys)[1]
+        summary = fit_phases(self, x, perts, ctxs, batches, exp.control, exp.components, rng,
+                             meta)
         self.bank = bank_state(exp, idx, perts, ctxs, p["bank_cells"], p["bank_controls"], rng)
+        self.training_summary = {**summary, **base_summary,
+                                 **self._fit_shrink(exp, mask, cond_keys)}
 
     # ---- prediction ------------------------------------------------------------------------
     def predict(self, exp: Experiment, conditions: Iterable[Condition] | pd.DataFrame,
@@ -209,7 +221,7 @@ class InContextModel(PerturbationModel):
         rows = source.prompt(perturbation, context, n_prompt, rng)
         if x_ctrl.shape[0] == 0:
             return x_ctrl.copy()
-        return self._query_outputs(rows, x_ctrl)
+        return self._keep_share(self._query_outputs(rows, x_ctrl), x_ctrl, perturbation, context)
 
     def _query_outputs(self, rows: np.ndarray, x_ctrl: np.ndarray,
                        cached: bool = True) -> np.ndarray:
@@ -260,6 +272,7 @@ class InContextModel(PerturbationModel):
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"bank.{k}": v for k, v in self.bank.items()}
         state["normalisation"] = np.asarray(NORMALISATION)  # what the network reads
+        state.update(self._fallback_state())
         for k, v in self.net.state_dict().items():
             state[f"net.{k}"] = v.detach().cpu().numpy()
         return state
@@ -269,6 +282,7 @@ class InContextModel(PerturbationModel):
             raise InputError("this incontext model was saved with another normalisation "
                              f"({state['normalisation']}); refit it with this version.")
         self.bank = {k[5:]: v for k, v in state.items() if k.startswith("bank.")}
+        self._set_fallback_state(state)
         self.net = self._new_net(len(self.genes))
         self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
                                   if k.startswith("net.")})

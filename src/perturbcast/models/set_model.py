@@ -65,13 +65,13 @@ from ..train.distributed import check_strategy
 from ..train.lightning import train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
+from .fallback import BaseFallback
 from .perturbation_features import PerturbationFeatures
 from .set_data import prepare, training_budget
 from .set_ensemble import combine_members, member_resume
 from .set_model_state import SetModelState
 from .set_prediction import feature_names, prediction_dose, prediction_sets
-from .set_residual import check_base, choose_base, fit_base
-from .set_shrink import check_shrink, choose_shrink, shrink_change
+from .set_shrink import shrink_change
 from .store_set_batches import StoreSetBatches, training_batches
 
 DEFAULTS: dict[str, Any] = dict(
@@ -93,7 +93,7 @@ N_VAL_BATCHES = 4
 COND_KEYS = ("learned_idx", "features", "has_features", "dose", "context", "batch")
 
 
-class SetModel(SetModelState, PerturbationModel):
+class SetModel(SetModelState, BaseFallback, PerturbationModel):
     """Shared machinery; see the module docstring for the parameters."""
 
     name: ClassVar[str] = "set_model"
@@ -111,16 +111,13 @@ class SetModel(SetModelState, PerturbationModel):
             if key in self.params and self.params[key] not in allowed:
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
-        check_base(self.params["base"])
-        self.params["shrink"] = check_shrink(self.params["shrink"])
-        self.shrink = 1.0 if self.params["shrink"] == "auto" else self.params["shrink"]
+        self._init_fallback()
         if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
             self.params["max_epochs"] = None
         if int(self.params["n_seeds"]) < 1:
             raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
         self.members: list[ConditionalSetNet] = []
-        self.base_name, self.base_model = "none", None
         self.training_summary: dict[str, Any] = {}
         self._spread: dict[str, float] = {}
 
@@ -169,10 +166,7 @@ class SetModel(SetModelState, PerturbationModel):
         self.latent, self.features, self.doses = data.latent, data.features, data.doses
         self.embeddings_used = data.embeddings_used
         self.context_names, self.batch_names = data.context_names, data.batch_names
-        self.base_name, oof, base_summary = choose_base(
-            p["base"], exp, mask, data.cond_keys, p["inner_unit"], p["inner_folds"], self.seed)
-        self.base_model = (None if self.base_name == "none" else
-                           fit_base(self.base_name, exp, mask, self.seed))
+        oof, base_summary = self._fit_base(exp, mask, data.cond_keys)
         data.enc["base"] = self.latent.encode_change(oof)
         sets = training_batches(data, p, self.arrange, rng, self.seed, self.name)
         val_batches = sets.validation_batches(N_VAL_BATCHES, self.seed + 1)
@@ -205,9 +199,7 @@ class SetModel(SetModelState, PerturbationModel):
                 runs.append({"steps": 0, "epochs": 0, "stopped_early": False})
             self.members.append(net.cpu().eval())
         self.net = self.members[0]
-        shrink = ({"shrink": self.shrink} if p["shrink"] != "auto" else
-                  choose_shrink(self, exp, mask, data.cond_keys)[1])
-        self.shrink = shrink["shrink"]
+        shrink = self._fit_shrink(exp, mask, data.cond_keys)
         self.training_summary = {**runs[0], **budget, **base_summary, **shrink,
                                  "n_seeds": p["n_seeds"],
                                  "member_steps": [r["steps"] for r in runs],

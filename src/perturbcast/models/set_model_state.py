@@ -23,17 +23,13 @@ class SetModelState:
                  "batch_names": np.asarray(self.batch_names, dtype=str),
                  "dose_names": np.asarray(list(self.doses), dtype=str),
                  "dose_values": np.asarray(list(self.doses.values()), np.float64),
-                 "base_name": np.asarray(self.base_name), "shrink": np.asarray(self.shrink)}
+                 **self._fallback_state()}
         for m, net in enumerate(self.members):  # member 0 as "net.", the others "net1." ...
             for k, v in net.state_dict().items():
                 state[f"net{m or ''}.{k}"] = v.detach().cpu().numpy()
-        if self.base_model is not None:
-            state.update({f"base.{k}": v for k, v in self.base_model._state().items()})
         return state
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
-        from . import get_model_class
-
         self.latent = LatentSpace.from_state(state)
         self.features = PerturbationFeatures.from_state(state, self.keys["separator"],
                                                         self.keys["control"])
@@ -49,14 +45,7 @@ class SetModelState:
                                  if k.startswith(prefix)})
             self.members.append(net.eval())
         self.net = self.members[0]
-        self.base_name = str(state.get("base_name", "none"))
-        self.shrink = float(state.get("shrink", 1.0))
-        if self.base_name != "none":
-            base = get_model_class(self.base_name)(seed=self.seed)
-            base.genes, base.keys = self.genes, self.keys
-            base.vocabulary, base.contexts = self.vocabulary, self.contexts
-            base._set_state({k[5:]: v for k, v in state.items() if k.startswith("base.")})
-            self.base_model = base
+        self._set_fallback_state(state)
 
     def _save_extra(self, directory: Path) -> None:
         (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))

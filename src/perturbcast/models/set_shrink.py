@@ -104,8 +104,9 @@ def _probe(model, exp: Experiment, mask: np.ndarray, held: list[Condition]) -> l
     """Train a one-member copy of ``model`` (its chosen base, shrink 1) without the ``held``
     conditions and predict them (see :func:`_probe_predictions`)."""
     fit_mask = mask & ~_condition_mask(exp, held)
+    one = {k: v for k, v in {"n_seeds": 1, "checkpoint_dir": None}.items() if k in model.params}
     probe = type(model)(seed=model.seed, **{**model.params, "base": model.base_name,
-                                            "shrink": 1.0, "n_seeds": 1, "checkpoint_dir": None})
+                                            "shrink": 1.0, **one})
     with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
         warnings.simplefilter("ignore")  # predicted as 'unknown') are not the user's
         probe.fit(exp, fit_mask)
