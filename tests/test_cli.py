@@ -171,10 +171,14 @@ def test_set_models_through_the_cli(tmp_path, sim_file, capsys):
     benchmark --models flow,transition beside the baselines."""
     base = ["--data", str(sim_file), "--perturbation-key", "perturbation", "--control",
             "control", "--context-key", "context"]
+    fallback = {"flow": [], "transition": ["--param", "base=context_mean", "--param",
+                                           "shrink=0.5"]}
     for name in ("flow", "transition"):
-        code, _, err = run(["train", *base, "--model", name, *TINY_PARAMS,
+        code, _, err = run(["train", *base, "--model", name, *TINY_PARAMS, *fallback[name],
                             "--out", str(tmp_path / name)], capsys)
         assert code == 0, err
+        said = "base context_mean (base=context_mean), keeps 0.5 of its correction"
+        assert (said in " ".join(err.split())) == (name == "transition"), err
         cfg = json.loads((tmp_path / name / "config.json").read_text())
         assert cfg["model"] == name and cfg["params"]["max_steps"] == 40
         pert = cfg["vocabulary"][0]

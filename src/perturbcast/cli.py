@@ -213,6 +213,12 @@ def train(
     shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
+    if getattr(m, "base_name", "none") != "none" or getattr(m, "shrink", 1.0) != 1.0:
+        s = m.training_summary
+        err.print(f"{model}: base {m.base_name} (base={m.params['base']}), keeps "
+                  f"{m.shrink:g} of its correction over it (shrink={m.params['shrink']}"
+                  + (f", chosen on {s.get('shrink_held_out', 0)} held-out training conditions"
+                     if m.params["shrink"] == "auto" else "") + ")")
 
 
 @app.command()
