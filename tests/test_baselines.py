@@ -191,3 +191,23 @@ def test_drawn_controls_carry_the_context_mean(sim_exp):
     finally:
         base_module.MATCH_CONTROL_MEAN = True
     assert np.abs(seen["mean"] - full).max() > 0.05  # 7 raw draws: off by sampling noise
+
+
+def test_context_control_mean_is_read_once_per_experiment(sim_adata):
+    """atlas predicts in batches: the context's whole control pool is read for its mean once
+    per experiment, not once per predict call (a store re-reads from disk)."""
+    from perturbcast.data import read_experiment
+
+    exp = read_experiment(sim_adata, "perturbation", "control", context_key="context")
+    model = get_model("context_mean").fit(exp)
+    pert = next(p for p in exp.perturbation_names() if "+" not in p)
+    pool = np.flatnonzero(exp.is_control & (exp.contexts == "ctx0"))
+    reads = []
+    rows = exp.rows
+    exp.rows = lambda idx: reads.append(np.size(idx)) or rows(idx)
+    first = model.predict(exp, [(pert, "ctx0")], n_cells=7)
+    assert pool.size in reads
+    reads.clear()
+    again = model.predict(exp, [(pert, "ctx0")], n_cells=7)
+    assert reads == [7]  # only the drawn controls
+    np.testing.assert_array_equal(np.asarray(first.X), np.asarray(again.X))

@@ -27,6 +27,7 @@ from ..data.labels import canonical_label
 from ..data.preprocess import uns_record
 from ..errors import InputError, preview
 from ..utils import atomic_path
+from .prediction_rules import clip_keep_mean, context_control_mean
 
 Condition = tuple[str, str]
 FORMAT_VERSION = 1
@@ -39,41 +40,6 @@ mean change then carries. With this on, the drawn cells are shifted (each gene b
 constant) so their mean is the mean of all the context's controls: cells keep their spread
 and the prediction's mean change is the model's, not the draw's. (Chosen on inner folds of
 the training cells: ``benchmarks/bench_nonnegative.py``.)"""
-
-
-def control_mean(exp, pool: np.ndarray, gene_idx: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Mean of rows ``pool`` of ``exp`` over genes ``gene_idx``, shape (n_genes,), read in
-    chunks (a store's context may hold more controls than fit in memory at once)."""
-    total = np.zeros(len(gene_idx), np.float64)
-    for start in range(0, pool.size, chunk):
-        total += exp.rows(pool[start:start + chunk])[:, gene_idx].sum(0, dtype=np.float64)
-    return total / max(pool.size, 1)
-
-
-def clip_keep_mean(cells: np.ndarray) -> np.ndarray:
-    """Predicted cells made non-negative without moving their mean change.
-
-    Expression is never below 0, but controls shifted down by a predicted change are (many
-    control values are 0). Clipping them at 0 alone raises every such gene's mean, which pulls
-    the predicted mean change toward zero for down-regulated genes (on mcfaline23_crossline it
-    cost context_mean 0.05 pearson_delta). Here the clipped values of each gene are scaled so
-    their mean is the unclipped mean (0 where that is negative).
-
-    Parameters
-    ----------
-    cells : array, shape (n_cells, n_genes), log1p expression, may hold negative values
-
-    Returns
-    -------
-    array, shape (n_cells, n_genes), >= 0, per-gene mean ``max(cells.mean(0), 0)``
-    """
-    out = np.clip(cells, 0.0, None)
-    if out.shape[0] == 0:
-        return out
-    target = np.maximum(cells.mean(0), 0.0)
-    mean = out.mean(0)  # >= target: clipping only raises values
-    scale = np.divide(target, mean, out=np.ones_like(mean), where=mean > target)
-    return out * scale
 
 
 class PerturbationModel(ABC):
@@ -167,7 +133,7 @@ class PerturbationModel(ABC):
                           f"their control cells only.", stacklevel=2)
         gene_idx = self._gene_index(exp)
         ctrl = exp.is_control
-        blocks, labels, ctxs, pool_mean = [], [], [], {}
+        blocks, labels, ctxs = [], [], []
         for (pert, ctx), n in zip(conds, counts, strict=True):
             pool = np.flatnonzero(ctrl & (exp.contexts == ctx))
             if pool.size == 0:
@@ -180,9 +146,8 @@ class PerturbationModel(ABC):
             x_ctrl = exp.rows(pick)[:, gene_idx]
             if MATCH_CONTROL_MEAN and pick.size != pool.size:  # the drawn controls' mean is
                 # the context's (see above); drawing every control once already has it
-                if ctx not in pool_mean:
-                    pool_mean[ctx] = control_mean(exp, pool, gene_idx)
-                x_ctrl = x_ctrl + (pool_mean[ctx] - x_ctrl.mean(0)).astype(np.float32)
+                mean = context_control_mean(exp, ctx, pool, gene_idx)
+                x_ctrl = x_ctrl + (mean - x_ctrl.mean(0)).astype(np.float32)
             pred = self._predict_cells(x_ctrl, pert, ctx, exp, pool, ctrl_idx=pick, **options)
             blocks.append(clip_keep_mean(np.asarray(pred, np.float32)))  # float32 in and out
             labels += [pert] * n

@@ -118,7 +118,7 @@ def _mean_change(x_ctrl: np.ndarray, base: np.ndarray, change: np.ndarray,
     """Predicted mean change, shape (n_genes,), of cells ``x_ctrl + base + change`` (each
     (n_cells, n_genes) or broadcast) keeping the share ``s`` of the correction, made
     non-negative as :meth:`~perturbcast.models.base.PerturbationModel.predict` does
-    (:func:`~perturbcast.models.base.clip_keep_mean`: the mean, floored at 0)."""
+    (:func:`~perturbcast.models.prediction_rules.clip_keep_mean`: the mean, floored at 0)."""
     cells = x_ctrl + base + shrink_change(change, s)
     return np.maximum(cells.mean(0), 0.0) - x_ctrl.mean(0)
 
