@@ -60,10 +60,18 @@ def _predict(model: Path, data: Path, out: Path) -> np.ndarray:
     return np.asarray(ad.read_h5ad(out).X)
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(data, tmp_path):
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    assert _cli(_train(data, whole)[3:]) == 0  # the uninterrupted run, in this process
-    ckpt = tmp_path / ".resumed.resume" / "last.ckpt"
+@pytest.fixture(scope="module")
+def whole(data, tmp_path_factory) -> Path:
+    """The uninterrupted run, in this process."""
+    out = tmp_path_factory.mktemp("whole") / "whole"
+    assert _cli(_train(data, out)[3:]) == 0
+    return out
+
+
+@pytest.mark.parametrize("killed_in", ["", "probe0"])  # the model's training; shrink's probe
+def test_resume_after_kill_matches_an_uninterrupted_run(data, whole, tmp_path, killed_in):
+    resumed = tmp_path / "resumed"
+    ckpt = tmp_path / ".resumed.resume" / killed_in / "last.ckpt"
     proc = subprocess.Popen(_train(data, resumed), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

@@ -28,7 +28,7 @@ def test_residual_with_zero_training_is_exactly_the_base(shift_exp, name):
     model's cells are the base's cells (same sampled controls + the same delta)."""
     train = shift_exp.perturbations != "A+B"
     conds = [("A+B", "all"), ("A", "all")]
-    model = get_model(name, base="additive", **{**FAST, "max_steps": 0}).fit(shift_exp, train)
+    model = get_model(name, **{**FAST, "base": "additive", "max_steps": 0}).fit(shift_exp, train)
     base = get_model("additive").fit(shift_exp, train)
     pool = np.flatnonzero(shift_exp.is_control)
     x = shift_exp.rows(pool[:50])
@@ -47,7 +47,7 @@ def test_residual_training_uses_out_of_fold_base_deltas(shift_exp):
     """The base delta a training condition sees comes from the base fitted without it: with
     the context-mean base, A's base is the mean of the other singles, not A's own delta."""
     train = shift_exp.perturbations != "A+B"
-    model = get_model("transition", base="context_mean", **{**FAST, "max_steps": 0})
+    model = get_model("transition", **{**FAST, "base": "context_mean", "max_steps": 0})
     model.fit(shift_exp, train)
     assert model.training_summary["inner_unit"] == "perturbation"
     own = get_model("context_mean").fit(shift_exp, train)
@@ -87,8 +87,8 @@ def test_auto_base_error_is_averaged_over_repeated_inner_folds(sim_exp):
 
 def test_residual_model_saves_and_loads(shift_exp, tmp_path):
     train = shift_exp.perturbations != "A+B"
-    model = get_model("transition", base="additive", n_seeds=2,
-                      **{**FAST, "max_steps": 20}).fit(shift_exp, train)
+    model = get_model("transition", **{**FAST, "base": "additive", "n_seeds": 2,
+                                       "max_steps": 20}).fit(shift_exp, train)
     conds = [("A+B", "all"), ("C", "all")]
     before = model.predict(shift_exp, conds, n_cells=30)
     model.save(tmp_path / "m")
@@ -160,7 +160,7 @@ def test_ensemble_of_identical_members_is_one_member(shift_exp):
 
 def test_ensemble_spread_is_positive_for_different_seeds(shift_exp):
     train = shift_exp.perturbations != "A+B"
-    model = get_model("transition", n_seeds=2, **FAST).fit(shift_exp, train)
+    model = get_model("transition", **{**FAST, "n_seeds": 2}).fit(shift_exp, train)
     assert len(model.members) == 2 and model.training_summary["member_steps"] == [40, 40]
     pred = model.predict(shift_exp, [("A+B", "all"), ("A", "all")], n_cells=40)
     spread = pred.uns["perturbcast"]["spread"]

@@ -18,8 +18,11 @@ from perturbcast.modules.flow import interpolate
 from perturbcast.modules.losses import energy_distance
 from perturbcast.modules.set_net import ConditionalSetNet
 
+# The network alone (base=none, shrink=1): these tests are about what the network learns; the
+# default fall-back (base=auto, shrink=auto) is tested in test_set_shrink / test_set_learned.
 TINY = dict(dim=32, depth=2, n_heads=2, n_latent=16, set_size=32, n_sets=8, max_steps=300,
-            max_epochs=None, lr=3e-3, patience=50)  # max_epochs=None: exactly max_steps
+            max_epochs=None, lr=3e-3, patience=50,  # max_epochs=None: exactly max_steps
+            base="none", shrink=1)
 N_GENES = 40
 SHIFT = {"A": (slice(0, 8), 1.0), "B": (slice(8, 16), -0.8), "C": (slice(16, 24), 0.7)}
 

@@ -32,7 +32,7 @@ def _cells(model, exp, pert):
 @pytest.mark.parametrize("name", ["flow", "transition"])
 def test_shrink_zero_keeps_the_base_mean_and_the_network_spread(shift_exp, name):
     train = shift_exp.perturbations != "A+B"
-    model = get_model(name, base="additive", shrink=0, **FAST).fit(shift_exp, train)
+    model = get_model(name, **{**FAST, "base": "additive", "shrink": 0}).fit(shift_exp, train)
     base = get_model("additive").fit(shift_exp, train)
     x, pred = _cells(model, shift_exp, "A+B")
     np.testing.assert_allclose(pred.mean(0), x.mean(0) + base.delta("A+B", "all"), atol=1e-4)
@@ -54,7 +54,7 @@ def test_chosen_shrink_is_saved_with_the_model(shift_exp, tmp_path, monkeypatch)
 
     monkeypatch.setattr(set_shrink, "_probe_predictions", fake)
     train = shift_exp.perturbations != "A+B"
-    model = get_model("transition", base="additive", shrink="auto", **FAST)
+    model = get_model("transition", **{**FAST, "base": "additive", "shrink": "auto"})
     model.fit(shift_exp, train)
     assert model.shrink == 0.5
     again = type(model).load(model.save(tmp_path / "m"))
@@ -67,7 +67,7 @@ def test_shrink_zero_ensemble_has_no_spread(shift_exp):
     """Members that all keep none of their correction predict the same mean: spread 0."""
     train = shift_exp.perturbations != "A+B"
     conds = [("A+B", "all"), ("C", "all")]
-    zero = get_model("transition", base="additive", shrink=0, n_seeds=2, **FAST)
+    zero = get_model("transition", **{**FAST, "base": "additive", "shrink": 0, "n_seeds": 2})
     spread = zero.fit(shift_exp, train).predict(shift_exp, conds, n_cells=40)
     assert max(spread.uns["perturbcast"]["spread"].values()) < 1e-5
     zero.shrink = 1.0
@@ -92,7 +92,7 @@ def test_probes_never_see_their_held_out_inner_fold(monkeypatch, min_held, n_pro
 
     monkeypatch.setattr(set_shrink, "_probe_predictions", spy)
     monkeypatch.setattr(set_shrink, "MIN_HELD_OUT", min_held)
-    model = get_model("transition", base="additive", shrink="auto", **FAST).fit(
+    model = get_model("transition", **{**FAST, "base": "additive", "shrink": "auto"}).fit(
         exp, exp.perturbations != "B+C")
     assert len(seen) == n_probes == model.training_summary["shrink_probes"]
     assert model.training_summary["shrink_held_out"] == n_probes
@@ -116,8 +116,9 @@ def test_probes_stop_at_max_probes(monkeypatch):
     monkeypatch.setattr(set_shrink, "MAX_PROBES", 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_model("transition", base="context_mean", shrink="auto",
-                          inner_unit="perturbation", **FAST).fit(exp, exp.perturbations != "B+C")
+        model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto",
+                                           "inner_unit": "perturbation"})
+        model.fit(exp, exp.perturbations != "B+C")
     assert model.training_summary["inner_folds"] == 5
     assert len(calls) == 2 == model.training_summary["shrink_probes"]
     held = [k for h in calls for k in h]
@@ -146,7 +147,7 @@ def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkey
         return [(x, r * 0.2, np.tile(factor * r * 0.8, (2, 1))) for r in real]
 
     monkeypatch.setattr(set_shrink, "_probe_predictions", fake)
-    model = get_model("transition", base="context_mean", shrink="auto", **FAST)
+    model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto"})
     model.fit(shift_exp, shift_exp.perturbations != "A+B")
     summary = model.training_summary
     assert model.shrink == expected == summary["shrink"]
@@ -175,6 +176,20 @@ def test_auto_shrink_says_when_it_cannot_choose(shift_exp):
     """Singles named g-less (no gene table row, no learned embedding when held out): the probe
     cannot predict its held-out perturbation, so the whole correction is kept, announced."""
     with pytest.warns(UserWarning, match="shrink=auto could not predict"):
-        model = get_model("transition", base="context_mean", shrink="auto", **FAST)
+        model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto"})
         model.fit(shift_exp, shift_exp.perturbations != "A+B")
     assert model.shrink == 1.0 and model.training_summary["shrink_held_out"] == 0
+
+
+def test_defaults_choose_base_and_shrink_on_inner_folds(shift_exp):
+    """Out of the box a set model is the fall-back setting: base and shrink chosen on inner
+    folds of the training conditions (the network alone is ``base=none shrink=1``)."""
+    defaults = {k: v for k, v in FAST.items() if k not in ("base", "shrink")}
+    model = get_model("transition", **defaults)
+    assert model.params["base"] == "auto" and model.params["shrink"] == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(shift_exp, shift_exp.perturbations != "A+B")
+    summary = model.training_summary
+    assert summary["base_requested"] == "auto" and summary["inner_repeats"] > 1
+    assert summary["shrink_probes"] >= 1 and model.shrink == summary["shrink"]

@@ -53,6 +53,11 @@ def test_store_rows_groups_and_record(store, sim_adata):
     top_ref = read_experiment(ref.adata, "perturbation", "control", n_top_genes=20, **KEYS)
     assert list(top.genes) == list(top_ref.genes)
     np.testing.assert_allclose(top.rows(idx), top_ref.rows(idx), rtol=1e-6)
+    mask = top.contexts == "ctx1"  # a gene subset (store columns) and a mask: sparse chunks
+    k1, m1 = top.group_means(("perturbation",), mask)
+    k2, m2 = top_ref.group_means(("perturbation",), mask)
+    pd.testing.assert_frame_equal(k1, k2)
+    np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-6)
     sub = exp.subset(exp.contexts == "ctx1")
     np.testing.assert_allclose(sub.rows(np.arange(5)),
                                exp.rows(np.flatnonzero(exp.contexts == "ctx1")[:5]))

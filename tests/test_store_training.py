@@ -10,7 +10,7 @@ from perturbcast import InputError, read_experiment, simulate
 from perturbcast.data.convert import convert
 from perturbcast.data.store import StoreMatrix
 from perturbcast.data.store_sampler import StoreSetSampler
-from perturbcast.models import get_model
+from perturbcast.models import get_model, set_shrink
 from perturbcast.models.latent import LatentSpace
 
 TINY = dict(set_size=16, n_sets=4, dim=16, depth=1, n_heads=2, n_latent=8, embeddings="none")
@@ -36,10 +36,21 @@ def _fit(exp, **params):
 def test_store_training_reads_sets_not_the_matrix(screen, monkeypatch):
     _, store = screen
     exp = read_experiment(store, "perturbation", "control", context_key="context")
-    reads, csr_rows = [], []
+    reads, csr_rows, probe_reads, in_probe = [], [], [], []
 
-    def no_dense(self, idx):
-        raise AssertionError(f"dense read of {len(idx)} rows during store training")
+    def no_dense(self, idx, _orig=StoreMatrix.rows):
+        # the only dense reads: shrink=auto's probes drawing a held-out condition's controls
+        if not in_probe or len(idx) > set_shrink.PROBE_CELLS:
+            raise AssertionError(f"dense read of {len(idx)} rows during store training")
+        probe_reads.append(len(idx))
+        return _orig(self, idx)
+
+    def probe(*args, _orig=set_shrink._probe_predictions):
+        in_probe.append(True)
+        try:
+            return _orig(*args)
+        finally:
+            in_probe.pop()
 
     def count_csr(self, idx, _orig=StoreMatrix.csr_rows):
         csr_rows.append(len(idx))
@@ -52,7 +63,9 @@ def test_store_training_reads_sets_not_the_matrix(screen, monkeypatch):
     monkeypatch.setattr(StoreMatrix, "rows", no_dense)
     monkeypatch.setattr(StoreMatrix, "csr_rows", count_csr)
     monkeypatch.setattr(StoreSetSampler, "read_sets", spy)
+    monkeypatch.setattr(set_shrink, "_probe_predictions", probe)
     model = _fit(exp, max_steps=5)
+    assert model.training_summary["shrink_probes"] >= 1 and probe_reads  # the default
     assert model.training_summary["sampler"] == "store"
     assert model.training_summary["data_mode"] == "store"
     assert len(reads) >= 5 + 4  # every training step and the 4 validation batches

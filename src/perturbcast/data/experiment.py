@@ -23,6 +23,7 @@ from .preprocess import (
 )
 
 NO_CONTEXT = "all"
+STORE_CHUNK = 4096  # rows per sparse read of a store in group_means
 
 
 @dataclass
@@ -186,7 +187,13 @@ class Experiment:
             (np.ones(cell_idx.size), (codes, cell_idx)), shape=(len(uniques), self.n_cells)
         )
         sums = np.zeros((len(uniques), self.n_genes))
-        if self.adata.isbacked or self.normalize_on_read or self.matrix is not None:
+        if self.matrix is not None:  # a store: sparse chunks, only those holding kept cells
+            for start in range(0, self.n_cells, STORE_CHUNK):
+                part = ind[:, start:start + STORE_CHUNK]
+                if part.nnz:
+                    rows = np.arange(start, min(start + STORE_CHUNK, self.n_cells))
+                    sums += (part @ self.matrix.sparse_rows(rows).astype(np.float64)).toarray()
+        elif self.adata.isbacked or self.normalize_on_read:
             for start, block in self.iter_blocks():
                 sums += ind[:, start : start + block.shape[0]] @ block.astype(np.float64)
         else:

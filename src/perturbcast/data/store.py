@@ -166,6 +166,15 @@ class StoreMatrix:
         """Dense float32 rows ``idx``, shape (len(idx), n_cols)."""
         return csr_to_dense(*self.csr_rows(idx), self.n_store_genes, self.cols)
 
+    def sparse_rows(self, idx: np.ndarray):
+        """Rows ``idx`` as a scipy CSR matrix, shape (len(idx), n_cols) (copied off the maps)."""
+        import scipy.sparse as sp
+
+        ptr, ind, val = self.csr_rows(idx)
+        x = sp.csr_matrix((np.array(val), np.array(ind), np.array(ptr)),
+                          shape=(ptr.size - 1, self.n_store_genes))
+        return x if self.cols is None else x[:, self.cols]
+
     def subset(self, idx: np.ndarray) -> StoreMatrix:
         """View on rows ``idx`` of this view."""
         return StoreMatrix(self.path, self.store_rows(idx), self.cols)
@@ -242,7 +251,6 @@ def store_cells(path: str | os.PathLike, keep: dict[str, set[str]]) -> ad.AnnDat
     AnnData, shape (n_kept, n_genes): X a writable CSR matrix (float32, log1p as stored), obs
     the store's columns indexed by cell name, in store order
     """
-    import scipy.sparse as sp
 
     matrix, adata, _ = open_store(path)
     sel = np.ones(adata.n_obs, bool)
@@ -252,9 +260,7 @@ def store_cells(path: str | os.PathLike, keep: dict[str, set[str]]) -> ad.AnnDat
                              f"{', '.join(map(str, adata.obs.columns))}.")
         sel &= adata.obs[col].astype(str).isin(values).to_numpy()
     idx = np.flatnonzero(sel)
-    ptr, ind, val = matrix.csr_rows(idx)
-    x = sp.csr_matrix((np.array(val), np.array(ind), np.array(ptr)),  # copies: the maps
-                      shape=(idx.size, matrix.n_store_genes))  # are read-only
+    x = matrix.sparse_rows(idx)
     obs = adata.obs.iloc[idx].copy()
     obs.index = obs.index.astype(str)
     return ad.AnnData(X=x, obs=obs, var=adata.var.copy())

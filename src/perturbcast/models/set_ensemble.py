@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 
-from ..train.resume import current_resume, resumable
+from ..train.resume import sub_resume
 from .latent import LatentSpace
 
 
@@ -38,10 +38,6 @@ def combine_members(changes: list[np.ndarray], latent: LatentSpace) -> tuple[np.
 
 def member_resume(m: int) -> contextlib.AbstractContextManager:
     """Resumable training of ensemble member ``m`` > 0 keeps its own ``last.ckpt`` (in
-    ``member{m}/``), continued only when one was written (a run killed during an earlier member
-    starts it afresh); member 0 uses the run's own settings."""
-    r = current_resume()
-    if r is None or m == 0:
-        return contextlib.nullcontext()
-    directory = r.directory / f"member{m}"
-    return resumable(directory, r.every_n_steps, r.resume and (directory / "last.ckpt").exists())
+    ``member{m}/``, see :func:`~perturbcast.train.resume.sub_resume`); member 0 uses the run's
+    own settings."""
+    return contextlib.nullcontext() if m == 0 else sub_resume(f"member{m}")

@@ -19,11 +19,14 @@ lr, patience, min_delta, val_fraction : validation sets are held-out perturbed c
     ``val_energy``); training stops after ``patience`` validations without a relative
     improvement of ``min_delta`` (patience counts validations, one per 100 steps); the best
     weights are kept
-base, inner_unit, inner_folds : residual on a baseline (``none``, ``auto`` or a baseline name,
+base, inner_unit, inner_folds : residual on a baseline (``auto``, ``none`` or a baseline name,
     see :mod:`~perturbcast.models.set_residual`): sets start at the controls plus the base's
-    predicted mean change and the network learns the correction; ``auto`` chooses by inner
-    cross-validation over training conditions; ``shrink`` (1, a number in [0, 1] or ``auto``)
-    keeps that share of the learned mean correction (:mod:`~perturbcast.models.set_shrink`)
+    predicted mean change and the network learns the correction; ``auto`` (default) chooses by
+    inner cross-validation over training conditions (``none`` is a candidate); ``shrink``
+    (``auto``, default, or a number in [0, 1]) keeps that share of the learned mean correction
+    (:mod:`~perturbcast.models.set_shrink`; ``auto``: up to 3 probe trainings on held-out
+    training conditions, 1 among the candidates). ``base=none shrink=1`` is the network
+    alone, one training
 n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
     mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
 embeddings : "default" (the built-in human gene table; "train" with a warning when it has no row
@@ -77,8 +80,8 @@ from .store_set_batches import StoreSetBatches, training_batches
 DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
-    val_fraction=0.1, embeddings="default", dose_key=None, base="none", inner_unit="auto",
-    inner_folds=5, shrink=1.0, n_seeds=1, learned_dropout=0.5, context_dropout=0.2,
+    val_fraction=0.1, embeddings="default", dose_key=None, base="auto", inner_unit="auto",
+    inner_folds=5, shrink="auto", n_seeds=1, learned_dropout=0.5, context_dropout=0.2,
     checkpoint_dir=None, show_progress=False, val_energy=False, val_controls="train",
     memory_budget_gb=4.0, devices=1, num_nodes=1, strategy="auto", precision="auto",
     sampler="auto", num_workers=0,

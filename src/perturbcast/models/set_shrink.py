@@ -34,6 +34,7 @@ import numpy as np
 from ..data.experiment import Experiment
 from ..data.splits import _condition_mask
 from ..errors import InputError
+from ..train.resume import sub_resume
 from .set_residual import Condition, inner_folds, inner_unit, real_deltas
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -83,7 +84,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
         if len(scored) >= MIN_HELD_OUT:
             break
         held = [k for k, f in zip(cond_keys, folds, strict=True) if f == fold]
-        preds = _probe(model, exp, mask, held)
+        preds = _probe(model, exp, mask, held, fold)
         n_probes += 1
         scored += [(k, r) for k, r in zip(held, preds, strict=True) if not isinstance(r, str)]
         reasons += [r for r in preds if isinstance(r, str)]
@@ -100,16 +101,16 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
                     "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
 
 
-def _probe(model, exp: Experiment, mask: np.ndarray, held: list[Condition]) -> list:
+def _probe(model, exp: Experiment, mask: np.ndarray, held: list[Condition], fold: int) -> list:
     """Train a one-member copy of ``model`` (its chosen base, shrink 1) without the ``held``
-    conditions and predict them (see :func:`_probe_predictions`)."""
+    conditions (inner fold ``fold``) and predict them (see :func:`_probe_predictions`)."""
     fit_mask = mask & ~_condition_mask(exp, held)
     one = {k: v for k, v in {"n_seeds": 1, "checkpoint_dir": None}.items() if k in model.params}
     probe = type(model)(seed=model.seed, **{**model.params, "base": model.base_name,
                                             "shrink": 1.0, **one})
-    with warnings.catch_warnings():  # the probe's own notices (e.g. a held-out context
-        warnings.simplefilter("ignore")  # predicted as 'unknown') are not the user's
-        probe.fit(exp, fit_mask)
+    with warnings.catch_warnings(), sub_resume(f"probe{fold}"):  # its own checkpoints
+        warnings.simplefilter("ignore")  # the probe's notices (e.g. a held-out context
+        probe.fit(exp, fit_mask)  # predicted as 'unknown') are not the user's
         return _probe_predictions(probe, exp, fit_mask, held)
 
 

@@ -44,3 +44,14 @@ def resumable(directory: str | os.PathLike, every_n_steps: int = 50,
 def current_resume() -> Resume | None:
     """The settings of the innermost :func:`resumable` block, or None outside one."""
     return _RESUME.get()
+
+
+def sub_resume(name: str) -> contextlib.AbstractContextManager:
+    """A nested training of a resumable run (an ensemble member, a ``shrink=auto`` probe) keeps
+    its own ``last.ckpt`` in ``<run directory>/<name>/``, continued only when one was written (a
+    run killed before it starts it afresh); outside a resumable run, nothing."""
+    r = current_resume()
+    if r is None:
+        return contextlib.nullcontext()
+    directory = r.directory / name
+    return resumable(directory, r.every_n_steps, r.resume and (directory / "last.ckpt").exists())
