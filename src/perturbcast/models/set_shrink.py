@@ -144,7 +144,6 @@ def _probe_predictions(probe, exp: Experiment, fit_mask: np.ndarray, held: list[
         except InputError as exc:  # e.g. no feature row for a held-out perturbation
             out.append(str(exc))
             continue
-        base = (np.zeros(x_ctrl.shape[1]) if probe.base_model is None else
-                probe.base_model.delta(pert, ctx))
+        base = probe._base_delta(pert, ctx, x_ctrl.shape[1])
         out.append((x_ctrl, base, pred - x_ctrl - base))
     return out
