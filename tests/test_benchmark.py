@@ -16,7 +16,8 @@ from perturbcast.models.selection import parse_seeds, route_params, select_model
 from perturbcast.models.set_flow import FlowModel, TransitionModel
 from perturbcast.verdict import compare_to_baselines, matched_best_baseline, verdict_line
 
-TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8)
+TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8,
+            base="none", shrink=1)  # the network alone: one training per fit
 
 
 def test_param_names_declared_per_model():

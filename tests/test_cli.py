@@ -160,7 +160,10 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
         assert learned.pearson_delta.notna().all(), name
 
 
-TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8)
+# the network alone (one training per fit): these tests are about the CLI; the default
+# fall-back (base=auto shrink=auto) has its own tests and is trained by `train --model flow`
+TINY = dict(max_steps=5, set_size=8, n_sets=2, dim=16, depth=1, n_heads=2, n_latent=8,
+            base="none", shrink=1)
 TINY_INCONTEXT = dict(pretrain_steps=3, finetune_steps=3, n_modules=4, dim=8, depth=1)
 TINY_PARAMS = ["--param", "dim=32", "--param", "depth=1", "--param", "n_heads=2",
                "--param", "max_steps=40", "--param", "set_size=16", "--param", "n_latent=8"]
@@ -189,6 +192,7 @@ def test_set_models_through_the_cli(tmp_path, sim_file, capsys):
         assert ad.read_h5ad(tmp_path / f"{name}.h5ad").shape == (25, 80)
     code, out, err = run(["benchmark", *base, "--split", "combo", "--n-folds", "2",
                           "--models", "additive,flow,transition", *TINY_PARAMS,
+                          "--param", "base=none", "--param", "shrink=1",
                           "--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "b" / "summary.csv")
@@ -264,7 +268,7 @@ def test_param_is_per_model(tmp_path, sim_file, capsys):
     assert not (tmp_path / "x").exists()
     code, _, err = run(["train", *_sim_args(sim_file), "--model", "flow", "--param",
                         "flow.max_steps=3", "--param", "dim=16", "--param", "depth=1",
-                        "--out", str(tmp_path / "m")], capsys)
+                        "--param", "shrink=1", "--out", str(tmp_path / "m")], capsys)
     assert code == 0, err
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["params"]["max_steps"] == 3 and cfg["params"]["dim"] == 16

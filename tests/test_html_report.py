@@ -23,7 +23,7 @@ from perturbcast.eval.report_data import load_report_data
 SECTIONS = ("verdict", "scores", "mean-change", "discrimination", "pca", "de-overlap",
             "training")
 TINY_SET = {"max_steps": 12, "dim": 16, "depth": 1, "n_heads": 2, "set_size": 16, "n_sets": 4,
-            "n_latent": 8}
+            "n_latent": 8, "base": "none", "shrink": 1}  # the network alone: one training
 # after the page loads, count the images the browser could not decode
 PROBE = ("<script>window.addEventListener('load',()=>{const b=[...document.images].filter("
          "i=>!(i.complete&&i.naturalWidth>0));document.body.setAttribute('data-broken',b.length);"

@@ -74,7 +74,8 @@ def data(sim_adata, tmp_path_factory):
 
 def test_benchmark_and_report_offline(no_network, data, tmp_path):
     _run(["benchmark", "--data", str(data), *KEYS, "--split", "combo", "--n-folds", "2",
-          "--models", "additive,linear,transition", *TINY, "--out", str(tmp_path / "b")])
+          "--models", "additive,linear,transition", *TINY, "--param", "base=none",
+          "--param", "shrink=1", "--out", str(tmp_path / "b")])  # train: the default fall-back
     assert (tmp_path / "b" / "report.html").stat().st_size > 10_000
 
 

@@ -15,7 +15,7 @@ from perturbcast.models import set_model
 from perturbcast.train.lightning import SetTrainingModule, TrainConfig
 
 TINY = dict(dim=16, depth=1, n_heads=2, n_latent=8, set_size=16, n_sets=4, max_steps=4,
-            patience=50)
+            patience=50, base="none", shrink=1)  # the network alone: one training per fit
 
 
 

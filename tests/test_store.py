@@ -115,7 +115,9 @@ def test_every_baseline_predicts_the_same_from_store(store, sim_adata):
 def test_set_model_streams_from_store_with_same_predictions(store, sim_adata):
     exp = read_experiment(store, "perturbation", "control", **KEYS)
     ref = _reference(sim_adata, exp)
-    params = dict(max_steps=6, set_size=16, n_sets=4, dim=32, depth=1, n_heads=2, n_latent=8)
+    params = dict(max_steps=6, set_size=16, n_sets=4, dim=32, depth=1, n_heads=2, n_latent=8,
+                  base="none", shrink=1)  # the network alone (the fall-back on a store:
+    # tests/test_store_training.py)
     with pytest.warns(UserWarning, match="streamed"):  # the row path, forced on a store
         streamed = get_model("transition", memory_budget_gb=0.0, sampler="rows",
                              **params).fit(exp)
@@ -138,7 +140,8 @@ def test_cli_train_and_predict_from_store(store, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["train", *base, "--model", "transition", "--devices", "1", "--precision", "32",
               "--strategy", "auto", "--param", "max_steps=2", "--param", "dim=16",
-              "--param", "depth=1", "--param", "n_heads=2", "--out", str(tmp_path / "m")])
+              "--param", "depth=1", "--param", "n_heads=2", "--param", "base=none",
+              "--param", "shrink=1", "--out", str(tmp_path / "m")])
     assert exc.value.code == 0
     with pytest.raises(SystemExit) as exc:
         main(["predict", "--model", str(tmp_path / "m"), "--data", str(store),
