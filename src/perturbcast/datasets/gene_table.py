@@ -68,10 +68,27 @@ def load_default_gene_table(path: str | os.PathLike | None = None
     vectors : array of float32, shape (n_symbols + n_aliases, 125); an alias repeats its
         gene's row
     """
-    z = _load_compact(str(path or default_table_path()))
+    names, vectors = _expanded(str(path or default_table_path()))
+    return names.copy(), vectors.copy()  # the caller's to change; the cache stays as built
+
+
+@functools.lru_cache(maxsize=2)
+def _expanded(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Built once per process: every gene baseline fitted by ``base=auto``'s inner folds reads
+    it (expanding it each time made the base choice ~10x slower)."""
+    z = _load_compact(path)
     rows = np.concatenate([np.arange(len(z["symbols"])), z["alias_rows"]])
     names = np.concatenate([z["symbols"], z["aliases"]]).astype(str)
-    return names, z["vectors"][rows].astype(np.float32)
+    vectors = z["vectors"][rows].astype(np.float32)
+    names.flags.writeable = vectors.flags.writeable = False
+    return names, vectors
+
+
+@functools.lru_cache(maxsize=2)
+def default_table_keys(path: str | None = None) -> frozenset[str]:
+    """The built-in table's names as written and upper-cased (for coverage checks)."""
+    names, _ = load_default_gene_table(path)
+    return frozenset(str(n) for n in names) | frozenset(str(n).upper() for n in names)
 
 
 def build_default_gene_table(priors: str | os.PathLike) -> dict[str, np.ndarray]:

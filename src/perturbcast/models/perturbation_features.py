@@ -128,7 +128,7 @@ def resolve_embeddings(spec: str | None, components: Sequence[str],
     if spec == TRAIN:
         return (*train_table(), TRAIN)
     names, vectors = load_embedding_tables(spec)
-    if spec == DEFAULT and len(components) and not _covers_any(names, components):
+    if spec == DEFAULT and len(components) and not _covers_any(components):
         warnings.warn(f"{model}: the built-in gene table (embeddings='default') has no row for "
                       f"any of the {len(components)} training perturbations (e.g. "
                       f"{sorted(components)[0]!r}); using embeddings='train' (features from the "
@@ -138,8 +138,11 @@ def resolve_embeddings(spec: str | None, components: Sequence[str],
     return names, vectors, spec
 
 
-def _covers_any(names: np.ndarray, components: Sequence[str]) -> bool:
-    have = {str(n) for n in names} | {str(n).upper() for n in names}
+def _covers_any(components: Sequence[str]) -> bool:
+    """Whether the built-in table has a row for any of ``components`` (case-insensitive)."""
+    from ..datasets.gene_table import default_table_keys
+
+    have = default_table_keys()
     return any(c in have or c.upper() in have for c in components)
 
 
