@@ -120,3 +120,21 @@ def test_embedding_spec_resolution(tmp_path):
     names, vec = load_embedding_tables(f"default,{tmp_path / 't.csv'}")
     assert vec.shape[1] == 126 and "MYGENE" in set(names) and "MARCH8" in set(names)
     assert DEFAULT_TABLE.endswith(".npz")
+
+
+def test_row_index_matches_names_then_upper_case_and_is_shared_by_equal_tables():
+    from perturbcast.models.perturbation_features import PerturbationFeatures, row_index
+
+    names = np.array(["abc", "ABC", "Tp53", "x"])  # 'abc'.upper() is already a name: kept
+    assert row_index(names) == {"abc": 0, "ABC": 1, "Tp53": 2, "TP53": 2, "x": 3, "X": 3}
+    vecs = np.eye(4, dtype=np.float32)
+    a = PerturbationFeatures([], names, vecs, "+", "control")
+    b = PerturbationFeatures([], names.copy(), vecs, "+", "control")
+    assert a._row is b._row  # built once for equal names
+    assert a.feature_row("tp53") == a.feature_row("TP53") == 2  # matched case-insensitively
+    assert a.feature_row("abc") == 0 and a.feature_row("ABC") == 1  # exact match first
+    other = PerturbationFeatures([], np.array(["abc", "y"]), vecs[:2], "+", "control")
+    assert other.feature_row("y") == 1 and other.feature_row("x") is None
+    # the built-in table: every default-table gene baseline shares one index
+    full, _ = load_default_gene_table()
+    assert row_index(full) is row_index(load_default_gene_table()[0])
