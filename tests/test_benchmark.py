@@ -99,6 +99,24 @@ def test_learned_models_run_per_seed_baselines_once(seeded):
     assert set(seeded.per_perturbation.seed) == {0, 1}
 
 
+def test_the_default_fall_back_runs_per_fold_and_records_its_choices(sim_exp):
+    """At the set models' default (base=auto shrink=auto) each fold chooses on its own
+    training conditions, and fits.csv records what was chosen."""
+    from perturbcast.models.set_residual import base_names
+    from perturbcast.models.set_shrink import GRID
+
+    split = make_split(sim_exp, "combo", n_folds=2, seed=0)
+    default = {k: v for k, v in TINY.items() if k not in ("base", "shrink")}
+    res = run_benchmark(sim_exp, split, ["transition"], model_params={"transition": default},
+                        show_progress=False)
+    fits = res.fits[res.fits.model == "transition"]
+    assert len(fits) == 2 and set(fits.fold) == {f.name for f in split.folds}
+    assert set(fits.base) <= {"none", *base_names()} and set(fits.shrink) <= set(GRID)
+    assert fits.inner_unit.notna().all() and (fits.steps > 0).all()
+    row = res.summary.set_index("model").loc["transition"]
+    assert np.isfinite(row[["score", "pearson_delta", "mae"]].astype(float)).all()
+
+
 def test_mean_and_sd_are_over_seeds_of_the_fold_means(seeded):
     """pearson_delta: per (seed, fold, context) the mean over perturbations, then the mean over
     contexts and folds per seed; the summary holds the mean and sd of those per-seed values."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
+import pickle
 import tomllib
 from pathlib import Path
 
@@ -130,7 +132,11 @@ def test_row_index_matches_names_then_upper_case_and_is_shared_by_equal_tables()
     vecs = np.eye(4, dtype=np.float32)
     a = PerturbationFeatures([], names, vecs, "+", "control")
     b = PerturbationFeatures([], names.copy(), vecs, "+", "control")
-    assert a._row is b._row  # built once for equal names
+    assert a._row is b._row  # built once for equal names, and read-only
+    with pytest.raises(TypeError):
+        a._row["y"] = 0
+    for copied in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):  # models can be copied
+        assert copied.feature_row("tp53") == 2 and copied._row is a._row
     assert a.feature_row("tp53") == a.feature_row("TP53") == 2  # matched case-insensitively
     assert a.feature_row("abc") == 0 and a.feature_row("ABC") == 1  # exact match first
     other = PerturbationFeatures([], np.array(["abc", "y"]), vecs[:2], "+", "control")

@@ -115,9 +115,8 @@ def test_every_baseline_predicts_the_same_from_store(store, sim_adata):
 def test_set_model_streams_from_store_with_same_predictions(store, sim_adata):
     exp = read_experiment(store, "perturbation", "control", **KEYS)
     ref = _reference(sim_adata, exp)
-    params = dict(max_steps=6, set_size=16, n_sets=4, dim=32, depth=1, n_heads=2, n_latent=8,
-                  base="none", shrink=1)  # the network alone (the fall-back on a store:
-    # tests/test_store_training.py)
+    # the default fall-back (base choice, probes) on the row-streaming path
+    params = dict(max_steps=6, set_size=16, n_sets=4, dim=32, depth=1, n_heads=2, n_latent=8)
     with pytest.warns(UserWarning, match="streamed"):  # the row path, forced on a store
         streamed = get_model("transition", memory_budget_gb=0.0, sampler="rows",
                              **params).fit(exp)

@@ -87,7 +87,7 @@ def _expanded(path: str) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=2)
 def default_table_keys(path: str | None = None) -> frozenset[str]:
     """The built-in table's names as written and upper-cased (for coverage checks)."""
-    names, _ = load_default_gene_table(path)
+    names, _ = _expanded(str(path or default_table_path()))
     return frozenset(str(n) for n in names) | frozenset(str(n).upper() for n in names)
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -170,25 +171,29 @@ def training_gene_features(genes: np.ndarray, deltas: np.ndarray, ctrl_cells: np
     return np.concatenate(parts, 1).astype(np.float32)
 
 
-_ROW_INDEX: dict[bytes, dict[str, int]] = {}
+_ROW_INDEX: dict[bytes, Mapping[str, int]] = {}
 
 
-def row_index(names: np.ndarray) -> dict[str, int]:
-    """Row of each name, then of each upper-cased name not already a name (first row wins).
+def row_index(names: np.ndarray) -> Mapping[str, int]:
+    """Row of each name (the last row of a repeated name), then of each upper-cased name that
+    is not a name itself (its first row); read-only.
 
     Shared by tables with the same names (a hash of their bytes): ``base=auto`` fits a gene
-    baseline per inner fold, each with the whole built-in table (~10^5 names). Read-only use.
+    baseline per inner fold, each with the whole built-in table (~10^5 names).
     """
-    key = hashlib.blake2b(np.ascontiguousarray(names).tobytes(),
-                          digest_size=16).digest() + str(names.dtype).encode()
-    if key not in _ROW_INDEX:
-        row = {n: i for i, n in enumerate(names.tolist())}
-        for i, n in enumerate(names.tolist()):
-            row.setdefault(n.upper(), i)
+    names = np.ascontiguousarray(names, dtype=str)
+    key = hashlib.blake2b(names.tobytes(), digest_size=16).digest() + str(names.dtype).encode()
+    row = _ROW_INDEX.get(key)
+    if row is None:
+        listed = names.tolist()
+        built = {n: i for i, n in enumerate(listed)}
+        for i, n in enumerate(listed):
+            built.setdefault(n.upper(), i)
+        row = MappingProxyType(built)
         if len(_ROW_INDEX) >= 4:
-            _ROW_INDEX.pop(next(iter(_ROW_INDEX)))
+            _ROW_INDEX.pop(next(iter(_ROW_INDEX)), None)
         _ROW_INDEX[key] = row
-    return _ROW_INDEX[key]
+    return row
 
 
 class PerturbationFeatures:
@@ -209,6 +214,13 @@ class PerturbationFeatures:
         self.feature_names = np.asarray(feature_names, dtype=str)
         self.feature_vectors = np.asarray(feature_vectors, np.float32)
         self.separator, self.control = separator, control
+        self._row = row_index(self.feature_names)
+
+    def __getstate__(self) -> dict:  # the shared read-only index is rebuilt, not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "_row"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
         self._row = row_index(self.feature_names)
 
     @property
