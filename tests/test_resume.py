@@ -102,3 +102,21 @@ def test_resume_without_a_checkpoint_is_refused(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no checkpoint to resume from" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_sigterm_exits_143_with_a_line_on_how_to_resume(data, tmp_path):
+    """Lightning turns SIGTERM into exit code 0; a stopped run must not look finished."""
+    out = tmp_path / "m"
+    ckpt = tmp_path / ".m.resume" / "last.ckpt"
+    proc = subprocess.Popen(_train(data, out, "--param", "base=none", "--param", "shrink=1"),
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    said = " ".join(err.split())
+    assert "received SIGTERM at step" in said and "--resume" in said and "Traceback" not in err
+    assert ckpt.exists() and not out.exists()

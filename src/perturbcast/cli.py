@@ -27,7 +27,7 @@ from .cli_options import (
     _read,
     err,
 )
-from .errors import InputError
+from .errors import InputError, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Predict single-cell perturbation responses and evaluate them like "
@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
+    except Terminated as exc:
+        err.print(f"[bold red]stopped:[/] training received SIGTERM at step {exc.step}; nothing "
+                  "was written to --out; run the same command with --resume to continue from "
+                  "its last checkpoint (--checkpoint-every).", soft_wrap=True, highlight=False)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

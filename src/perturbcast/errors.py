@@ -16,6 +16,18 @@ class InputError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+class Terminated(SystemExit):
+    """Training received SIGTERM (a scheduler's preemption, ``kill``): exit code 143.
+
+    Lightning turns SIGTERM into a ``SystemExit`` with code 0, so a killed run looked like a
+    finished one that wrote nothing. The CLI prints one line saying how to resume.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(143)
+        self.step = step
+
+
 def suggest(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for close matches of ``value`` in ``choices`` (or '')."""
     choices = [str(c) for c in choices]

@@ -34,10 +34,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..errors import InputError
+from ..errors import InputError, Terminated
 from .batch_streams import _Draws, _Fixed, _Stream
 from .distributed import check_strategy
 from .resume import Resume, current_resume
@@ -247,7 +248,10 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*")
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+        try:
+            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+        except SIGTERMException as exc:  # Lightning exits with code 0: say it was stopped
+            raise Terminated(int(trainer.global_step)) from exc
     last = float(trainer.callback_metrics.get("val_loss", math.nan))
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
