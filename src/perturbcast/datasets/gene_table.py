@@ -84,13 +84,6 @@ def _expanded(path: str) -> tuple[np.ndarray, np.ndarray]:
     return names, vectors
 
 
-@functools.lru_cache(maxsize=2)
-def default_table_keys(path: str | None = None) -> frozenset[str]:
-    """The built-in table's names as written and upper-cased (for coverage checks)."""
-    names, _ = _expanded(str(path or default_table_path()))
-    return frozenset(str(n) for n in names) | frozenset(str(n).upper() for n in names)
-
-
 def build_default_gene_table(priors: str | os.PathLike) -> dict[str, np.ndarray]:
     """Build the compact table from a priors folder (``gene2word/``, ``orghs_go/``).
 

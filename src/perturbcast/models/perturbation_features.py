@@ -130,7 +130,7 @@ def resolve_embeddings(spec: str | None, components: Sequence[str],
     if spec == TRAIN:
         return (*train_table(), TRAIN)
     names, vectors = load_embedding_tables(spec)
-    if spec == DEFAULT and len(components) and not _covers_any(components):
+    if spec == DEFAULT and len(components) and not _covers_any(names, components):
         warnings.warn(f"{model}: the built-in gene table (embeddings='default') has no row for "
                       f"any of the {len(components)} training perturbations (e.g. "
                       f"{sorted(components)[0]!r}); using embeddings='train' (features from the "
@@ -140,11 +140,10 @@ def resolve_embeddings(spec: str | None, components: Sequence[str],
     return names, vectors, spec
 
 
-def _covers_any(components: Sequence[str]) -> bool:
-    """Whether the built-in table has a row for any of ``components`` (case-insensitive)."""
-    from ..datasets.gene_table import default_table_keys
-
-    have = default_table_keys()
+def _covers_any(names: np.ndarray, components: Sequence[str]) -> bool:
+    """Whether the table ``names`` has a row for any of ``components`` (case-insensitive);
+    its :func:`row_index` is the one the model's features then share."""
+    have = row_index(names)
     return any(c in have or c.upper() in have for c in components)
 
 
