@@ -27,8 +27,6 @@ import time
 import warnings
 from pathlib import Path
 
-from scipy.stats import spearmanr
-
 from perturbcast.benchmark import run_benchmark
 from perturbcast.datasets.tasks import TASKS, load_task
 from perturbcast.models.selection import (
@@ -57,19 +55,6 @@ def mean_sd_table(summary, best: str | None) -> str:
         lines.append(name.ljust(18) + "".join(x.rjust(24) for x in cells) +
                      f"  {r['n_seeds']:>5}  {Path(table).name}")
     return "\n".join(lines)
-
-
-def spread_calibration(per_perturbation) -> dict[str, float]:
-    """Per ensemble model (rows with a ``spread``): Spearman correlation over (seed, fold,
-    context, perturbation) rows between the members' spread and the mae, i.e. whether the
-    spread ranks which predictions are wrong."""
-    out: dict[str, float] = {}
-    if "spread" not in per_perturbation:
-        return out
-    for m, rows in per_perturbation.dropna(subset=["spread"]).groupby("model"):
-        if len(rows) > 2 and rows["spread"].nunique() > 1:  # one member: spread is all 0
-            out[m] = float(spearmanr(rows["spread"], rows["mae"]).statistic)
-    return out
 
 
 def choice_lines(fits) -> list[str]:
@@ -156,9 +141,10 @@ def main() -> None:
             figures[f"{name}_{m}_fit_s_per_fold"] = f"{fit_s[m]:.1f}"
         for line in choice_lines(res.fits):
             print(line)
-        for m, rho in spread_calibration(res.per_perturbation).items():
-            print(f"{m}: Spearman(ensemble spread, mae) over perturbations = {rho:+.3f}")
-            figures[f"{name}_{m}_spread_mae_spearman"] = f"{rho:.3f}"
+        for cal in res.calibration():
+            print(cal.line())
+            figures[f"{name}_{cal.model}_spread_mae_spearman"] = f"{cal.spearman:.3f}"
+            figures[f"{name}_{cal.model}_spread_informative"] = f"{cal.informative}/{cal.n}"
     figures["total_s"] = f"{time.perf_counter() - t_all:.1f}"
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

@@ -213,3 +213,30 @@ def test_param_names_default_is_the_init_signature():
             return x_ctrl
 
     assert Custom.param_names() == ("width", "depth")
+
+
+def test_spread_calibration_ranks_errors_and_says_when_members_agree():
+    from scipy.stats import spearmanr
+
+    from perturbcast.verdict import spread_calibration
+
+    mae = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    rows = [pd.DataFrame({"model": "ranked", "mae": mae, "spread": mae / 10}),
+            pd.DataFrame({"model": "reversed", "mae": mae, "spread": mae[::-1] / 10}),
+            # shrink=0 in every fold: the members predict the base, up to float rounding
+            pd.DataFrame({"model": "agree", "mae": mae, "spread": [1e-9, 3e-9, 0, 2e-9, 5e-10]}),
+            pd.DataFrame({"model": "one_member", "mae": mae, "spread": 0.0}),
+            pd.DataFrame({"model": "cell_mean", "mae": mae, "spread": np.nan})]
+    cal = {c.model: c for c in spread_calibration(pd.concat(rows))}
+    assert set(cal) == {"ranked", "reversed", "agree"}
+    assert cal["ranked"].spearman == pytest.approx(1.0)
+    assert cal["reversed"].spearman == pytest.approx(-1.0)
+    assert np.isnan(cal["agree"].spearman) and cal["agree"].informative == 0
+    assert "no spread to calibrate" in cal["agree"].line()
+    assert "+1.000" in cal["ranked"].line() and "over 5 predictions" in cal["ranked"].line()
+    # rounding-level spreads are ties at 0, not a ranking
+    mixed = pd.DataFrame({"model": "m", "mae": mae, "spread": [3e-9, 1e-9, 0.03, 0.04, 0.05]})
+    (m,) = spread_calibration(mixed)
+    ties = spearmanr([0, 0, 0.03, 0.04, 0.05], mae).statistic  # 0.975; raw ranks give 0.9
+    assert m.informative == 3 and m.spearman == pytest.approx(ties)
+    assert spread_calibration(pd.DataFrame({"model": ["a"], "mae": [0.1]})) == []

@@ -189,6 +189,9 @@ def test_benchmark_reports_spread_and_choices_per_fold(sim_exp):
     assert pp[pp.model == "additive"].spread.isna().all()
     row = res.fits.set_index("model").loc["transition"]
     assert row["base"] == "none" and row["steps"] == 0 and row["fit_s"] > 0
+    (cal,) = res.calibration()  # the ensemble only
+    assert cal.model == "transition" and cal.n == (pp.model == "transition").sum()
+    assert cal.informative == cal.n and -1 <= cal.spearman <= 1
 
 
 def test_inner_folds_hold_out_what_the_split_would():

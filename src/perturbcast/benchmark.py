@@ -28,7 +28,14 @@ from .eval.report_data import ReportData
 from .models import BASELINES, MODELS, get_model
 from .models.base import PerturbationModel
 from .utils import progress
-from .verdict import REFERENCE_MODEL, compare_to_baselines, matched_best_baseline, verdict_line
+from .verdict import (
+    REFERENCE_MODEL,
+    SpreadCalibration,
+    compare_to_baselines,
+    matched_best_baseline,
+    spread_calibration,
+    verdict_line,
+)
 
 # a set model's training choices (``training_summary``), added as columns of ``fits``
 CHOICE_KEYS = ("base", "inner_unit", "shrink", "steps", "budget_steps", "stopped_early",
@@ -74,6 +81,11 @@ class BenchmarkResult:
         """One plain-words line: which model won, by how much, and whether that exceeds the
         seed spread."""
         return verdict_line(self.summary, BASELINES)
+
+    def calibration(self) -> list[SpreadCalibration]:
+        """Per ensemble (``n_seeds`` > 1): whether its members' spread ranks the
+        per-perturbation mae (see :func:`~perturbcast.verdict.spread_calibration`)."""
+        return spread_calibration(self.per_perturbation)
 
 
 def _real_adata(exp: Experiment, mask: np.ndarray) -> ad.AnnData:

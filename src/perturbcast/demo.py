@@ -36,6 +36,8 @@ def finish_benchmark(result, out_dir: Path, title: str, notes: list[str],
     write_benchmark_report(result, out_dir, title, notes)
     write_html_report(out_dir, result.report_data)
     print_summary(result.summary, title, result.best_baseline(), result.verdict())
+    for cal in result.calibration():
+        console.print(cal.line())
     console.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, fits.csv, scores.png, "
                   f"report.md, report.html")
 

@@ -9,6 +9,7 @@ learned model got would make the comparison unfair.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -143,3 +144,66 @@ def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
         tail = "; the gap exceeds it" if row["exceeds_spread"] else "; within it"
     return (f"no learned model beats the best baseline {b} ({row['baseline_score']:.3f} VCC "
             f"score): the closest, {m}, is {d:+.3f} ({_spread(row)}{tail}).")
+
+
+
+# a spread below this share of the median mae is the members agreeing up to rounding
+AGREE_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class SpreadCalibration:
+    """Whether an ensemble's members' spread ranks which predictions are wrong.
+
+    Attributes
+    ----------
+    model : the ensemble model's name
+    n : predictions (seed, fold, context, perturbation rows) compared
+    informative : predictions with a spread above rounding (``AGREE_RTOL`` x the median mae)
+    spearman : Spearman(spread, mae) over the ``n`` predictions (spreads at rounding level set
+        to 0), or NaN when fewer than 3 are informative
+    """
+
+    model: str
+    n: int
+    informative: int
+    spearman: float
+
+    def line(self) -> str:
+        """One plain-words line for tables and logs."""
+        if np.isnan(self.spearman):
+            return (f"{self.model}: members agree on {self.n - self.informative} of {self.n} "
+                    "predictions (spread at rounding level): no spread to calibrate")
+        return (f"{self.model}: Spearman(ensemble spread, mae) over {self.n} predictions = "
+                f"{self.spearman:+.3f} ({self.informative} with a spread above rounding)")
+
+
+def spread_calibration(per_perturbation: pd.DataFrame) -> list[SpreadCalibration]:
+    """Per ensemble model (rows with a ``spread``, ``n_seeds`` > 1), the calibration figure.
+
+    Parameters
+    ----------
+    per_perturbation : a benchmark's rows, one per (model, seed, fold, context,
+        perturbation), with ``mae`` and (ensembles) ``spread``
+
+    When fewer than 3 predictions have a spread above rounding (e.g. every fold kept none of
+    the networks' correction, ``shrink=0``, so all members predict the base), no correlation
+    is given: a Spearman over rounding noise is not a calibration figure. Models whose spread
+    is exactly 0 everywhere (one member) are left out.
+    """
+    from scipy.stats import spearmanr
+
+    out: list[SpreadCalibration] = []
+    if "spread" not in per_perturbation:
+        return out
+    for m, rows in per_perturbation.dropna(subset=["spread", "mae"]).groupby("model"):
+        spread = rows["spread"].to_numpy(float)
+        if len(rows) < 3 or not np.any(spread > 0):
+            continue
+        tol = AGREE_RTOL * float(np.median(rows["mae"]))
+        informative = int(np.sum(spread > tol))
+        rho = float("nan")
+        if informative >= 3:
+            rho = float(spearmanr(np.where(spread > tol, spread, 0.0), rows["mae"]).statistic)
+        out.append(SpreadCalibration(str(m), len(rows), informative, rho))
+    return out

@@ -115,11 +115,15 @@ def write_benchmark_report(result, out: Path, title: str, notes: list[str] | Non
              "", f"Best baseline: **{best}**", "", f"Verdict: **{result.verdict()}**", "",
              "| model | " + " | ".join(HEADLINE) + " | embeddings |",
              "|---" * (len(HEADLINE) + 2) + "|"]
+    calibration = [f"- {c.line()}" for c in result.calibration()]
     for row in result.summary.to_dict("records"):
         table = row.get("embeddings")
         table = "" if table is None or (isinstance(table, float) and math.isnan(table)) else table
         lines.append(f"| {row['model']} | " + " | ".join(_cell(row, c) if c in row else "nan"
                                                          for c in HEADLINE) + f" | {table} |")
+    if calibration:
+        lines += ["", "Ensembles: does the members' spread rank which predictions are wrong?", "",
+                  *calibration]
     lines += ["", "![scores](scores.png)", "",
               "Seconds per model (fit + predict + evaluate, all folds and seeds), and the mean "
               "fit per fold (fits.csv has each fit):", ""]
