@@ -28,6 +28,7 @@ from .cli_options import (
     err,
 )
 from .errors import InputError, Terminated
+from .sigterm import raise_on_sigterm, stopped_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Predict single-cell perturbation responses and evaluate them like "
@@ -275,14 +276,14 @@ cli_tools.register(app)
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with code 2."""
     try:
-        app(args=argv, standalone_mode=True)
+        with raise_on_sigterm():
+            app(args=argv, standalone_mode=True)
     except InputError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except Terminated as exc:
-        err.print(f"[bold red]stopped:[/] training received SIGTERM at step {exc.step}; nothing "
-                  "was written to --out; run the same command with --resume to continue from "
-                  "its last checkpoint (--checkpoint-every).", soft_wrap=True, highlight=False)
+        err.print(f"[bold red]stopped:[/] {stopped_line(exc.step)}", soft_wrap=True,
+                  highlight=False)
         sys.exit(143)
 
 

@@ -17,13 +17,15 @@ class InputError(ValueError):
 
 
 class Terminated(SystemExit):
-    """Training received SIGTERM (a scheduler's preemption, ``kill``): exit code 143.
+    """The command received SIGTERM (a scheduler's preemption, ``kill``): exit code 143.
 
-    Lightning turns SIGTERM into a ``SystemExit`` with code 0, so a killed run looked like a
-    finished one that wrote nothing. The CLI prints one line saying how to resume.
+    ``step`` is the training step it stopped at, or None outside training. Lightning turns
+    SIGTERM into a ``SystemExit`` with code 0, so a killed run looked like a finished one that
+    wrote nothing; outside training Python's default action left temporary files behind (see
+    :mod:`perturbcast.sigterm`). The CLI prints one line saying how to continue.
     """
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int | None) -> None:
         super().__init__(143)
         self.step = step
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import InputError, Terminated
+from ..sigterm import lightning_handles_sigterm
 from .batch_streams import _Draws, _Fixed, _Stream
 from .distributed import check_strategy
 from .resume import Resume, current_resume
@@ -249,7 +250,8 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         warnings.filterwarnings("ignore", ".*IterableDataset.*")
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
         try:
-            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+            with lightning_handles_sigterm():
+                trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
         except SIGTERMException as exc:  # Lightning exits with code 0: say it was stopped
             raise Terminated(int(trainer.global_step)) from exc
     last = float(trainer.callback_metrics.get("val_loss", math.nan))
