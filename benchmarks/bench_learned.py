@@ -18,7 +18,6 @@ import json
 import time
 
 import pandas as pd
-from scipy.stats import spearmanr
 
 from perturbcast.benchmark import run_benchmark
 from perturbcast.data import make_split, read_experiment
@@ -65,16 +64,14 @@ def main() -> None:
            "best_score": round(float(s.loc[best, "score"]), 4),
            "best_pearson_delta": round(float(s.pearson_delta[BASELINES].max()), 4),
            "best_mae": round(float(s.mae[BASELINES].min()), 4)}
-    pp = res.per_perturbation
     for m in models:
         fig[f"{m}_score"] = round(float(s.loc[m, "score"]), 4)
         fig[f"{m}_pearson_delta"] = round(float(s.loc[m, "pearson_delta"]), 4)
         fig[f"{m}_mae"] = round(float(s.loc[m, "mae"]), 4)
         fig[f"{m}_fit_s"] = round(res.timings[m], 1)
-        rows = pp[pp.model == m]
-        if "spread" in rows and rows["spread"].notna().sum() > 2:
-            rho = spearmanr(rows["spread"], rows["mae"]).statistic
-            fig[f"{m}_spread_mae_spearman"] = round(float(rho), 3)
+    for cal in res.calibration():
+        print(cal.line())
+        fig[f"{cal.model}_spread_mae_spearman"] = round(cal.spearman, 3)
     fig["wall_s"] = round(time.perf_counter() - t0, 1)
     pd.set_option("display.width", 200)
     print(" ".join(f"{k}={v}" for k, v in fig.items()))

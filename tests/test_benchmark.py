@@ -240,3 +240,8 @@ def test_spread_calibration_ranks_errors_and_says_when_members_agree():
     ties = spearmanr([0, 0, 0.03, 0.04, 0.05], mae).statistic  # 0.975; raw ranks give 0.9
     assert m.informative == 3 and m.spearman == pytest.approx(ties)
     assert spread_calibration(pd.DataFrame({"model": ["a"], "mae": [0.1]})) == []
+    # a perfect model (mae 0): rounding noise is still not a spread
+    (z,) = spread_calibration(pd.DataFrame({"model": "z", "mae": 0.0, "spread": [1e-8] * 5}))
+    assert z.informative == 0 and "no spread to calibrate" in z.line()
+    (c,) = spread_calibration(pd.DataFrame({"model": "c", "mae": 0.2, "spread": mae}))
+    assert c.informative == 5 and np.isnan(c.spearman) and "nothing to rank" in c.line()

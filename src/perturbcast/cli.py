@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -120,9 +121,7 @@ def benchmark(
     group = not models or any(g in ("all", "learned") for g in models.split(","))
     result = run_benchmark(exp, sp, names, fdr=fdr, model_params=model_params, seeds=seed_list,
                            skip_unable=group)  # a group skips (announced) what cannot run
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sp.to_json(out_dir / "split.json")
-    finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()], err)
+    finish_benchmark(result, out_dir, f"benchmark: {task or data}", [exp.describe()], err, sp)
 
 
 @app.command()
@@ -282,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except Terminated as exc:
-        err.print(f"[bold red]stopped:[/] {stopped_line(exc.step)}", soft_wrap=True,
-                  highlight=False)
+        if all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK")):  # one line
+            err.print(f"[bold red]stopped:[/] {stopped_line(exc.step)}", soft_wrap=True,
+                      highlight=False)
         sys.exit(143)
 
 

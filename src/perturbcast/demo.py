@@ -28,13 +28,17 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {"flow": {**SET_MODEL_DEMO, "steps": 5}
 
 
 def finish_benchmark(result, out_dir: Path, title: str, notes: list[str],
-                     console: Console) -> None:
-    """Write the report folder, print the table and the verdict, list what was written."""
+                     console: Console, split) -> None:
+    """Write the report folder (all files or none: it appears when complete), print the
+    table and the verdict, list what was written."""
     from .eval.html_report import write_html_report
     from .eval.report import print_summary, write_benchmark_report
+    from .utils import atomic_path
 
-    write_benchmark_report(result, out_dir, title, notes)
-    write_html_report(out_dir, result.report_data)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        split.to_json(tmp / "split.json")
+        write_benchmark_report(result, tmp, title, notes)
+        write_html_report(tmp, result.report_data)
     print_summary(result.summary, title, result.best_baseline(), result.verdict())
     for cal in result.calibration():
         console.print(cal.line())
@@ -59,12 +63,10 @@ def run_demo(out_dir: Path, split: str, seeds: list[int], console: Console) -> N
     params = {m: p for m, p in DEMO_PARAMS.items() if m in MODELS}
     result = run_benchmark(exp, sp, list(MODELS), model_params=params, seeds=seeds,
                            skip_unable=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sp.to_json(out_dir / "split.json")
     short = ", ".join(f"{k}={v}" for k, v in SET_MODEL_DEMO.items())
     finish_benchmark(result, out_dir, f"perturbcast demo (simulated, split={split})",
                      [f"Simulated data: {exp.describe()}.",
                       f"Seeds {','.join(map(str, seeds))}.",
                       f"Set models trained briefly for the demo ({short}); see "
-                      f"`perturbcast benchmark` for full training."], console)
+                      f"`perturbcast benchmark` for full training."], console, sp)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f}s")

@@ -41,8 +41,8 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
-    _chmod_like_new(tmp, is_dir)
     try:
+        _chmod_like_new(tmp, is_dir)
         yield tmp
         if is_dir and path.exists():
             shutil.rmtree(path)

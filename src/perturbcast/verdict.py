@@ -146,9 +146,10 @@ def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
             f"score): the closest, {m}, is {d:+.3f} ({_spread(row)}{tail}).")
 
 
-
-# a spread below this share of the median mae is the members agreeing up to rounding
+# a spread below this share of the median mae (and below AGREE_ATOL, float32 rounding of
+# log1p values) is the members agreeing up to rounding
 AGREE_RTOL = 1e-4
+AGREE_ATOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,10 @@ class SpreadCalibration:
     ----------
     model : the ensemble model's name
     n : predictions (seed, fold, context, perturbation rows) compared
-    informative : predictions with a spread above rounding (``AGREE_RTOL`` x the median mae)
+    informative : predictions with a spread above rounding (the larger of ``AGREE_RTOL`` x
+        the median mae and ``AGREE_ATOL``)
     spearman : Spearman(spread, mae) over the ``n`` predictions (spreads at rounding level set
-        to 0), or NaN when fewer than 3 are informative
+        to 0), or NaN when fewer than 3 are informative or the mae is constant
     """
 
     model: str
@@ -171,9 +173,12 @@ class SpreadCalibration:
 
     def line(self) -> str:
         """One plain-words line for tables and logs."""
-        if np.isnan(self.spearman):
+        if self.informative < 3:
             return (f"{self.model}: members agree on {self.n - self.informative} of {self.n} "
                     "predictions (spread at rounding level): no spread to calibrate")
+        if np.isnan(self.spearman):
+            return (f"{self.model}: the mae is the same for all {self.n} predictions: nothing "
+                    "to rank")
         return (f"{self.model}: Spearman(ensemble spread, mae) over {self.n} predictions = "
                 f"{self.spearman:+.3f} ({self.informative} with a spread above rounding)")
 
@@ -200,10 +205,10 @@ def spread_calibration(per_perturbation: pd.DataFrame) -> list[SpreadCalibration
         spread = rows["spread"].to_numpy(float)
         if len(rows) < 3 or not np.any(spread > 0):
             continue
-        tol = AGREE_RTOL * float(np.median(rows["mae"]))
+        tol = max(AGREE_RTOL * float(np.median(rows["mae"])), AGREE_ATOL)
         informative = int(np.sum(spread > tol))
         rho = float("nan")
-        if informative >= 3:
+        if informative >= 3 and rows["mae"].nunique() > 1:
             rho = float(spearmanr(np.where(spread > tol, spread, 0.0), rows["mae"]).statistic)
         out.append(SpreadCalibration(str(m), len(rows), informative, rho))
     return out

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import InputError, Terminated
-from ..sigterm import lightning_handles_sigterm
+from ..sigterm import ignore_further_sigterm, lightning_handles_sigterm
 from .batch_streams import _Draws, _Fixed, _Stream
 from .distributed import check_strategy
 from .resume import Resume, current_resume
@@ -253,7 +253,11 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
             with lightning_handles_sigterm():
                 trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
         except SIGTERMException as exc:  # Lightning exits with code 0: say it was stopped
+            ignore_further_sigterm()
             raise Terminated(int(trainer.global_step)) from exc
+    if getattr(trainer, "received_sigterm", False):  # after the last check: fit returned
+        ignore_further_sigterm()
+        raise Terminated(int(trainer.global_step))
     last = float(trainer.callback_metrics.get("val_loss", math.nan))
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
