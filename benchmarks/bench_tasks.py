@@ -14,6 +14,8 @@ and the per-perturbation mae.
         [--params '{"max_steps": 800}']          # JSON, the same routing
         [--prompted-only]     # test only the conditions the in-context model has example
                               # cells for (Norman: combos with a training single)
+        [--folds 0,2]         # only these folds (split a long task over processes)
+        [--out DIR]           # DIR/<task>/: summary, per_perturbation and fits CSVs, report.md
         [--embeddings SPEC]   # gene vectors for every model that takes them: "default" (the
                               # built-in human gene table, every such model's default),
                               # "train" or a name -> vector table
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from perturbcast.benchmark import run_benchmark
 from perturbcast.datasets.tasks import TASKS, load_task
+from perturbcast.eval.report import write_benchmark_report
 from perturbcast.models.selection import (
     parse_param_items,
     parse_seeds,
@@ -98,6 +101,8 @@ def main() -> None:
     ap.add_argument("--params", default="{}", help="JSON, routed like --param")
     ap.add_argument("--embeddings", default=None)
     ap.add_argument("--prompted-only", action="store_true")
+    ap.add_argument("--folds", default=None, help="fold numbers to run, e.g. 0,2 (default all)")
+    ap.add_argument("--out", default=None, help="write each task's CSVs and report.md here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     models = select_models(args.models)
@@ -113,6 +118,9 @@ def main() -> None:
     for name in args.tasks.split(","):
         t0 = time.perf_counter()
         exp, split = load_task(name)
+        if args.folds is not None:
+            split.folds = [split.folds[int(k)] for k in args.folds.split(",")]
+            figures[f"{name}_folds"] = "+".join(f.name for f in split.folds)
         if args.prompted_only:
             n_test = prompted_only(exp, split)
             print(f"{name}: {n_test} test conditions have prompt cells in training")
@@ -145,6 +153,9 @@ def main() -> None:
             print(cal.line())
             figures[f"{name}_{cal.model}_spread_mae_spearman"] = f"{cal.spearman:.3f}"
             figures[f"{name}_{cal.model}_spread_informative"] = f"{cal.informative}/{cal.n}"
+        if args.out:  # per fold and perturbation, to merge runs split over --folds/--seeds
+            write_benchmark_report(res, Path(args.out) / name, f"bench_tasks: {name}",
+                                   [exp.describe(), f"seeds {figures['seeds']}"])
     figures["total_s"] = f"{time.perf_counter() - t_all:.1f}"
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
