@@ -154,6 +154,9 @@ def test_auto_picks_the_share_with_the_smallest_held_out_error(shift_exp, monkey
     assert summary["shrink_held_out"] >= 1
     errors = {float(k): v for k, v in summary["shrink_error"].items()}
     assert set(errors) == set(set_shrink.GRID) and errors[expected] == min(errors.values())
+    # the noise of each share's error over the held-out conditions (3 here), for the user
+    se = {float(k): v for k, v in summary["shrink_error_se"].items()}
+    assert set(se) == set(errors) and se[0.0] > 0 and all(v >= 0 for v in se.values())
 
 
 def test_auto_shrink_never_reads_the_test_fold():

@@ -68,7 +68,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
 
     Returns the chosen value and a summary for ``training_summary`` (the number of probes and
     of held-out conditions scored, each grid value's mean squared error of the predicted mean
-    change).
+    change and, with two or more conditions, its standard error over them).
     """
     p = model.params
     unit = inner_unit(cond_keys, p["inner_unit"], exp.components)
@@ -93,12 +93,18 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
                       f"({reasons[0]}); keeping the whole correction (shrink=1).", stacklevel=4)
         return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_probes": n_probes}
     real = real_deltas(exp, mask, [k for k, _ in scored])
-    errors = {s: float(np.mean([((_mean_change(*pred, s) - r) ** 2).sum()
-                                for (_, pred), r in zip(scored, real, strict=True)]))
-              for s in GRID}
+    per_condition = np.array([[((_mean_change(*pred, s) - r) ** 2).sum() for s in GRID]
+                              for (_, pred), r in zip(scored, real, strict=True)])
+    errors = dict(zip(GRID, per_condition.mean(0).tolist(), strict=True))
+    # how far apart the shares are, in noise: the standard error over held-out conditions
+    se = per_condition.std(0, ddof=1) / np.sqrt(len(scored)) if len(scored) > 1 else None
     chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
-    return chosen, {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
-                    "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
+    summary = {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
+               "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
+    if se is not None:
+        summary["shrink_error_se"] = {str(s): round(float(e), 6)
+                                      for s, e in zip(GRID, se, strict=True)}
+    return chosen, summary
 
 
 def _probe(model, exp: Experiment, mask: np.ndarray, held: list[Condition], fold: int) -> list:
