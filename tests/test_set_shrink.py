@@ -196,3 +196,32 @@ def test_defaults_choose_base_and_shrink_on_inner_folds(shift_exp):
     summary = model.training_summary
     assert summary["base_requested"] == "auto" and summary["inner_repeats"] > 1
     assert summary["shrink_probes"] >= 1 and model.shrink == summary["shrink"]
+
+
+def test_auto_1se_takes_the_smallest_share_within_one_standard_error(shift_exp, monkeypatch):
+    """A correction that helps one held-out condition and hurts the others a little: ``auto``
+    keeps the share with the lowest mean error, ``auto_1se`` the smallest share within one
+    standard error of it, and both record the same errors."""
+    from perturbcast.models.set_residual import real_deltas
+
+    def fake(probe, exp, fit_mask, held):
+        real = real_deltas(exp, np.ones(exp.n_cells, bool), held)
+        x = np.full((2, exp.n_genes), 10.0)
+        u = np.eye(exp.n_genes)[0]
+        # A: the base misses by 1 and the correction fixes it, error (1 - s)^2; the others:
+        # the base is right and the correction adds 0.5, error 0.25 s^2
+        miss = {True: (-1.0, 1.0), False: (0.0, 0.5)}
+        return [(x, r + miss[p == "A"][0] * u, np.tile(miss[p == "A"][1] * u, (2, 1)))
+                for (p, _), r in zip(held, real, strict=True)]
+
+    monkeypatch.setattr(set_shrink, "_probe_predictions", fake)
+    train = shift_exp.perturbations != "A+B"
+    fits = {rule: get_model("transition", **{**FAST, "base": "context_mean", "shrink": rule})
+            .fit(shift_exp, train) for rule in ("auto", "auto_1se")}
+    best, one_se = (fits[r].training_summary for r in ("auto", "auto_1se"))
+    assert best["shrink_error"] == one_se["shrink_error"] and best["shrink_held_out"] == 3
+    # mean errors (A and two others): 0.75 -> 0.115 (best), 0.5 -> 0.125, within its se 0.026
+    errors = {float(k): v for k, v in best["shrink_error"].items()}
+    assert errors[0.75] == pytest.approx((0.0625 + 2 * 0.140625) / 3, abs=1e-5)
+    assert fits["auto"].shrink == 0.75 and fits["auto_1se"].shrink == 0.5
+    assert get_model("flow", shrink="AUTO_1SE").params["shrink"] == "auto_1se"

@@ -218,7 +218,7 @@ def train(
         err.print(f"{model}: base {m.base_name} (base={m.params['base']}), keeps "
                   f"{m.shrink:g} of its correction over it (shrink={m.params['shrink']}"
                   + (f", chosen on {s.get('shrink_held_out', 0)} held-out training conditions"
-                     if m.params["shrink"] == "auto" else "") + ")")
+                     if str(m.params["shrink"]).startswith("auto") else "") + ")")
 
 
 @app.command()

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.experiment import Experiment
 from .set_residual import Condition, check_base, choose_base, fit_base
-from .set_shrink import check_shrink, choose_shrink, shrink_change
+from .set_shrink import AUTO, check_shrink, choose_shrink, shrink_change
 
 
 class BaseFallback:
@@ -34,7 +34,7 @@ class BaseFallback:
         """Check ``base`` and ``shrink`` (call from ``__init__``, after ``params`` are set)."""
         check_base(self.params["base"])
         self.params["shrink"] = check_shrink(self.params["shrink"])
-        self.shrink = 1.0 if self.params["shrink"] == "auto" else self.params["shrink"]
+        self.shrink = 1.0 if self.params["shrink"] in AUTO else self.params["shrink"]
         self.base_name, self.base_model = "none", None
 
     def _fit_base(self, exp: Experiment, mask: np.ndarray,
@@ -53,7 +53,7 @@ class BaseFallback:
     def _fit_shrink(self, exp: Experiment, mask: np.ndarray,
                     cond_keys: list[Condition]) -> dict[str, Any]:
         """Resolve ``shrink`` (after the model is trained); returns its summary."""
-        if self.params["shrink"] != "auto":
+        if self.params["shrink"] not in AUTO:
             return {"shrink": self.shrink}
         self.shrink, summary = choose_shrink(self, exp, mask, cond_keys)
         return summary

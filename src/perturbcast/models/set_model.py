@@ -25,7 +25,8 @@ base, inner_unit, inner_folds : residual on a baseline (``auto``, ``none`` or a 
     inner cross-validation over training conditions (``none`` is a candidate); ``shrink``
     (``auto``, default, or a number in [0, 1]) keeps that share of the learned mean correction
     (:mod:`~perturbcast.models.set_shrink`; ``auto``: up to 3 probe trainings on held-out
-    training conditions, 1 among the candidates). ``base=none shrink=1`` is the network
+    training conditions, 1 among the candidates; ``auto_1se``: the smallest share within one
+    standard error of the best). ``base=none shrink=1`` is the network
     alone, one training
 n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
     mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``

@@ -12,7 +12,10 @@ set's mean correction, so the cells keep the network's spread around a mean of
 conditions minus an inner fold (:func:`~perturbcast.models.set_residual.inner_folds`, the
 unit a test fold would hold out), predicts the held-out conditions from their own training
 controls, and ``s`` minimises the squared error of the predicted mean change against their
-real one, pooled over the probes (ties go to the smaller ``s``). Probes hold out inner folds
+real one, pooled over the probes (ties go to the smaller ``s``). ``shrink=auto_1se`` takes
+the smallest ``s`` whose error is within one standard error (over the held-out conditions)
+of the best one's: the one-standard-error rule, which prefers the base when the probes cannot
+tell the shares apart. Probes hold out inner folds
 0, 1, ... until :data:`MIN_HELD_OUT` conditions have been scored or :data:`MAX_PROBES` probes
 have run: one fold of ~4 perturbations (papalexi21_unseen) or one combination
 (norman19_combo) gave a different share with every seed. Each probe's base is fitted without
@@ -43,17 +46,21 @@ MIN_HELD_OUT = 8
 MAX_PROBES = 3
 
 
+AUTO = ("auto", "auto_1se")
+
+
 def check_shrink(value: Any) -> float | str:
-    """``"auto"`` or a float in [0, 1] (strings from ``--param`` are parsed)."""
-    if str(value).lower() == "auto":
-        return "auto"
+    """``"auto"``, ``"auto_1se"`` or a float in [0, 1] (strings from ``--param`` are
+    parsed)."""
+    if str(value).lower() in AUTO:
+        return str(value).lower()
     try:
         s = float(value)
     except (TypeError, ValueError):
         s = -1.0
     if not 0.0 <= s <= 1.0:
-        raise InputError(f"shrink={value!r} is not a number in [0, 1] or auto; use e.g. "
-                         "shrink=1 (keep the learned correction) or shrink=auto.")
+        raise InputError(f"shrink={value!r} is not a number in [0, 1], auto or auto_1se; use "
+                         "e.g. shrink=1 (keep the learned correction) or shrink=auto.")
     return s
 
 
@@ -99,6 +106,8 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     # how far apart the shares are, in noise: the standard error over held-out conditions
     se = per_condition.std(0, ddof=1) / np.sqrt(len(scored)) if len(scored) > 1 else None
     chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
+    if p["shrink"] == "auto_1se" and se is not None:  # the smallest share within one SE
+        chosen = min(s for s in GRID if errors[s] <= errors[chosen] + se[GRID.index(chosen)])
     summary = {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
                "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
     if se is not None:
