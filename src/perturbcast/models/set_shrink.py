@@ -104,15 +104,15 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
                               for (_, pred), r in zip(scored, real, strict=True)])
     errors = dict(zip(GRID, per_condition.mean(0).tolist(), strict=True))
     # how far apart the shares are, in noise: the standard error over held-out conditions
-    se = per_condition.std(0, ddof=1) / np.sqrt(len(scored)) if len(scored) > 1 else None
+    se = (dict(zip(GRID, (per_condition.std(0, ddof=1) / np.sqrt(len(scored))).tolist(),
+                   strict=True)) if len(scored) > 1 else None)
     chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
     if p["shrink"] == "auto_1se" and se is not None:  # the smallest share within one SE
-        chosen = min(s for s in GRID if errors[s] <= errors[chosen] + se[GRID.index(chosen)])
+        chosen = min(s for s in GRID if errors[s] <= errors[chosen] + se[chosen])
     summary = {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
                "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
     if se is not None:
-        summary["shrink_error_se"] = {str(s): round(float(e), 6)
-                                      for s, e in zip(GRID, se, strict=True)}
+        summary["shrink_error_se"] = {str(s): round(e, 6) for s, e in se.items()}
     return chosen, summary
 
 
