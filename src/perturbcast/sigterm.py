@@ -92,5 +92,5 @@ def stopped_line(step: int | None) -> str:
                 "now exists; train: with --resume if the .resume folder beside --out holds a "
                 "checkpoint).")
     return (f"training received SIGTERM at step {step}; nothing was written to --out; run the "
-            "same command with --resume to continue from its last checkpoint "
-            "(--checkpoint-every).")
+            "same command again (train: with --resume to continue from its last checkpoint, "
+            "--checkpoint-every; benchmark and demo start over).")
