@@ -37,9 +37,9 @@ from .verdict import (
     verdict_line,
 )
 
-# a set model's training choices (``training_summary``), added as columns of ``fits``
+# a model's training choices (``training_summary``), added as columns of ``fits``
 CHOICE_KEYS = ("base", "inner_unit", "shrink", "steps", "budget_steps", "stopped_early",
-               "n_seeds")
+               "n_seeds", "blend_weights")
 
 
 @dataclass

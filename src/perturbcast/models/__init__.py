@@ -11,6 +11,7 @@ from .baselines import (
     ControlBaseline,
     PerturbationMeanBaseline,
 )
+from .blend_baseline import BlendBaseline
 from .gene_baselines import KnnBaseline, LinearBaseline
 from .incontext import InContextModel
 from .set_flow import FlowModel, TransitionModel
@@ -18,7 +19,7 @@ from .set_flow import FlowModel, TransitionModel
 MODELS: dict[str, type[PerturbationModel]] = {
     m.name: m
     for m in (ControlBaseline, CellMeanBaseline, ContextMeanBaseline, PerturbationMeanBaseline,
-              AdditiveBaseline, LinearBaseline, KnnBaseline)
+              AdditiveBaseline, LinearBaseline, KnnBaseline, BlendBaseline)
 }
 BASELINES = tuple(MODELS)
 MODELS.update({m.name: m for m in (FlowModel, TransitionModel, InContextModel)})

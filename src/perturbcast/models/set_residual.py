@@ -47,6 +47,8 @@ import numpy as np
 
 from ..data.experiment import Experiment
 from ..errors import InputError
+from .blend_baseline import MEMBERS as BLEND_MEMBERS
+from .blend_baseline import cross_fitted_blend
 
 Condition = tuple[str, str]
 BASE_REPEATS = 5
@@ -139,9 +141,11 @@ def fit_base(name: str, exp: Experiment, mask: np.ndarray, seed: int):
 
 
 def out_of_fold_deltas(name: str, exp: Experiment, mask: np.ndarray,
-                       cond_keys: list[Condition], folds: np.ndarray, seed: int) -> np.ndarray:
+                       cond_keys: list[Condition], folds: np.ndarray, seed: int,
+                       make=None) -> np.ndarray:
     """Base delta of each training condition from the base fitted without its inner fold,
-    shape (n_conditions, n_genes); conditions that cannot be held out get the full fit's."""
+    shape (n_conditions, n_genes); conditions that cannot be held out get the full fit's.
+    ``make(name)``: an unfitted model (default: the baseline with default parameters)."""
     out = np.zeros((len(cond_keys), exp.n_genes))
     cond_of_cell = {k: i for i, k in enumerate(cond_keys)}
     cell_cond = np.array([cond_of_cell.get((str(p), str(c)), -1) for p, c in
@@ -149,7 +153,7 @@ def out_of_fold_deltas(name: str, exp: Experiment, mask: np.ndarray,
     for f in np.unique(folds):
         held = np.flatnonzero(folds == f)
         keep = mask if f < 0 else mask & ~np.isin(cell_cond, held)
-        model = fit_base(name, exp, keep, seed)
+        model = fit_base(name, exp, keep, seed) if make is None else make(name).fit(exp, keep)
         for i in held:
             out[i] = model.delta(*cond_keys[i])
     return out
@@ -184,16 +188,24 @@ def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Co
     repeats = BASE_REPEATS if spec == "auto" and (folds >= 0).any() else 1
     assignments = [folds] + [inner_folds(cond_keys, unit, n_folds, seed + 7919 * r,
                                          exp.components) for r in range(1, repeats)]
-    errors = {"none": float((real[scored] ** 2).sum(1).mean())}
+    fitted = [n for n in candidates if n != "blend"]
+    if "blend" in candidates:  # its out-of-fold deltas are blended from its members'
+        fitted += [m for m in BLEND_MEMBERS if m not in fitted]
+    per_repeat: dict[str, list[float]] = {name: [] for name in candidates}
     oof = {}
-    for name in candidates:
-        per_repeat = []
-        for r, fold_ids in enumerate(assignments):
-            deltas = out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
-            if r == 0:
-                oof[name] = deltas
-            per_repeat.append(float(((deltas - real)[scored] ** 2).sum(1).mean()))
-        errors[name] = float(np.mean(per_repeat))
+    for r, fold_ids in enumerate(assignments):
+        deltas = {name: out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
+                  for name in fitted}
+        if "blend" in candidates:
+            deltas["blend"] = (cross_fitted_blend(np.stack([deltas[m] for m in BLEND_MEMBERS]),
+                                                  real, fold_ids) if (fold_ids >= 0).any() else
+                               out_of_fold_deltas("blend", exp, mask, cond_keys, fold_ids, seed))
+        if r == 0:
+            oof = deltas
+        for name in candidates:
+            per_repeat[name].append(float(((deltas[name] - real)[scored] ** 2).sum(1).mean()))
+    errors = {"none": float((real[scored] ** 2).sum(1).mean()),
+              **{name: float(np.mean(v)) for name, v in per_repeat.items()}}
     chosen = min(errors, key=errors.get) if spec == "auto" else spec
     summary.update(base=chosen, inner_repeats=repeats,
                    inner_error={k: round(v, 6) for k, v in errors.items()})
