@@ -112,3 +112,21 @@ def test_blend_members_must_predict_a_mean_change():
         get_model("blend", members=["control", "knn"])
     with pytest.raises(InputError, match="members="):
         get_model("blend", members=[])
+
+
+def test_a_set_model_on_the_blend_base_saves_and_loads(sim_exp, combo_fold, tmp_path):
+    """The base travels inside the set model's state (members included) and predicts the
+    same cells after loading."""
+    from test_set_models import TINY
+
+    from perturbcast.models.base import PerturbationModel
+
+    train, test = combo_fold
+    model = get_model("transition", **{**TINY, "max_steps": 5, "base": "blend",
+                                       "shrink": 0.5}).fit(sim_exp, train)
+    assert model.training_summary["base"] == "blend"
+    before = model.predict(sim_exp, test[:3], n_cells=20)
+    model.save(tmp_path / "m")
+    loaded = PerturbationModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(before.X, loaded.predict(sim_exp, test[:3], n_cells=20).X)
+    np.testing.assert_array_equal(loaded.base_model.weights, model.base_model.weights)

@@ -162,10 +162,11 @@ class BlendBaseline(MeanShiftModel):
         self.training_summary = {"blend_weights": self.describe_weights(), "inner_unit": unit}
 
     def describe_weights(self) -> str:
-        """The non-zero weights, largest first, e.g. ``"knn:0.61 cell_mean:0.33"``."""
+        """The weights that round to at least 0.01, largest first, e.g.
+        ``"knn:0.61 cell_mean:0.33"``."""
         order = np.argsort(-self.weights, kind="stable")
         return " ".join(f"{self.params['members'][i]}:{self.weights[i]:.2f}" for i in order
-                        if self.weights[i] > 0) or "none (no change)"
+                        if self.weights[i] >= 0.005) or "none (no change)"
 
     def delta(self, pert: str, ctx: str) -> np.ndarray:
         out = np.zeros(self.ctrl_mean.shape[1])

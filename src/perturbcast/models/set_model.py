@@ -22,7 +22,8 @@ lr, patience, min_delta, val_fraction : validation sets are held-out perturbed c
 base, inner_unit, inner_folds : residual on a baseline (``auto``, ``none`` or a baseline name,
     see :mod:`~perturbcast.models.set_residual`): sets start at the controls plus the base's
     predicted mean change and the network learns the correction; ``auto`` (default) chooses by
-    inner cross-validation over training conditions (``none`` is a candidate); ``shrink``
+    inner cross-validation over training conditions (``none`` and ``blend``, the stacked
+    baselines, are candidates); ``shrink``
     (``auto``, default, or a number in [0, 1]) keeps that share of the learned mean correction
     (:mod:`~perturbcast.models.set_shrink`; ``auto``: up to 3 probe trainings on held-out
     training conditions, 1 among the candidates; ``auto_1se``: the smallest share within one

@@ -29,7 +29,9 @@ single's correction against a poor base and add it again on top of a combo's add
 (mae 0.21-0.29 against the base's 0.16); on norman19_combo, base=additive scored 0.159 (flow)
 and 0.143 (transition) with singles held out, 0.186 and 0.248 with ``combo`` (additive: 0.173).
 
-``base=auto`` picks, among ``none`` and the baselines with a delta, the one whose out-of-fold
+``base=auto`` picks, among ``none`` and the baselines with a delta (``blend`` included: its
+out-of-fold deltas are its members', each inner fold blended with weights fitted on the other
+folds, see :mod:`~perturbcast.models.blend_baseline`), the one whose out-of-fold
 deltas have the smallest squared error against the training conditions' real deltas, averaged
 over :data:`BASE_REPEATS` random assignments of the conditions to inner folds (the bases are
 fitted on condition means, so repeats cost little; with ~20 training perturbations one
