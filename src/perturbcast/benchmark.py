@@ -56,7 +56,8 @@ class BenchmarkResult:
         (ensembles, ``n_seeds`` > 1) is the members' spread of the predicted mean change
     timings : model -> seconds spent (fit + predict + evaluate), all folds and seeds
     fits : one row per fitted model: model, seed, fold, fit_s, predict_s (predict + evaluate),
-        and a set model's training choices (:data:`CHOICE_KEYS`; empty for other models)
+        and the model's training choices (:data:`CHOICE_KEYS`: a learned model's base,
+        shrink, steps...; blend's weights; empty where a model has none)
     report_data : mean changes, a cell subsample and training curves for the HTML report
         (first seed)
     """

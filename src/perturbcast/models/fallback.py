@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..data.experiment import Experiment
-from .set_residual import Condition, check_base, choose_base, fit_base
+from .set_residual import Condition, check_base, check_inner, choose_base, fit_chosen_base
 from .set_shrink import AUTO, check_shrink, choose_shrink, shrink_change
 
 
@@ -33,6 +33,7 @@ class BaseFallback:
     def _init_fallback(self) -> None:
         """Check ``base`` and ``shrink`` (call from ``__init__``, after ``params`` are set)."""
         check_base(self.params["base"])
+        check_inner(self.params["inner_unit"], self.params["inner_folds"], self.name)
         self.params["shrink"] = check_shrink(self.params["shrink"])
         self.shrink = 1.0 if self.params["shrink"] in AUTO else self.params["shrink"]
         self.base_name, self.base_model = "none", None
@@ -46,8 +47,8 @@ class BaseFallback:
         p = self.params
         self.base_name, oof, summary = choose_base(p["base"], exp, mask, cond_keys,
                                                    p["inner_unit"], p["inner_folds"], self.seed)
-        self.base_model = (None if self.base_name == "none" else
-                           fit_base(self.base_name, exp, mask, self.seed))
+        self.base_model = fit_chosen_base(self.base_name, exp, mask, self.seed, summary,
+                                          p["inner_folds"])
         return oof, summary
 
     def _fit_shrink(self, exp: Experiment, mask: np.ndarray,

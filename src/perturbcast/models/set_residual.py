@@ -50,7 +50,7 @@ import numpy as np
 from ..data.experiment import Experiment
 from ..errors import InputError
 from .blend_baseline import MEMBERS as BLEND_MEMBERS
-from .blend_baseline import cross_fitted_blend
+from .blend_baseline import cross_fitted_blend, nnls_weights, normal_equations
 
 Condition = tuple[str, str]
 BASE_REPEATS = 5
@@ -71,6 +71,19 @@ def check_base(spec: str) -> None:
     if spec not in allowed:
         raise InputError(f"base={spec!r} is not one of {', '.join(allowed)}; use a baseline "
                          "with a predicted mean change, none, or auto.")
+
+
+INNER_UNITS = ("auto", "combo", "perturbation", "condition")
+
+
+def check_inner(unit: str, n_folds: int, who: str) -> None:
+    """Raise InputError for an ``inner_unit`` or ``inner_folds`` that cannot hold out."""
+    if unit not in INNER_UNITS:
+        raise InputError(f"{who}: inner_unit={unit!r} is not one of {', '.join(INNER_UNITS)}.")
+    if int(n_folds) < 2:
+        raise InputError(f"{who}: inner_folds={n_folds!r} must be at least 2 (with one fold "
+                         "a held-out condition is scored by what was fitted on it); use "
+                         "inner_folds=5.")
 
 
 def inner_unit(cond_keys: list[Condition], spec: str, split_label) -> str:
@@ -101,6 +114,16 @@ def inner_folds(cond_keys: list[Condition], unit: str, n_folds: int, seed: int,
     k = min(n_folds, len(units))
     fold_of = {units[j]: i % k for i, j in enumerate(order)}
     return np.array([fold_of[lab] if h else -1 for lab, h in zip(labels, held, strict=True)])
+
+
+def inner_assignments(cond_keys: list[Condition], unit_spec: str, n_folds: int, seed: int,
+                      split_label, repeats: int = BASE_REPEATS
+                      ) -> tuple[str, list[np.ndarray]]:
+    """The inner unit and ``repeats`` random assignments of the conditions to inner folds
+    (seeds ``seed + 7919 r``; the first is the one a network trains on)."""
+    unit = inner_unit(cond_keys, unit_spec, split_label)
+    return unit, [inner_folds(cond_keys, unit, n_folds, seed + 7919 * r, split_label)
+                  for r in range(repeats)]
 
 
 def real_deltas(exp: Experiment, mask: np.ndarray, cond_keys: list[Condition]) -> np.ndarray:
@@ -167,16 +190,20 @@ def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Co
 
     Returns the base name (``"none"`` for no base), the out-of-fold base deltas of the training
     conditions (n_conditions, n_genes; zeros for none) and a summary for ``training_summary``
-    (choice, inner unit and folds, each candidate's squared error on the held-out conditions).
+    (choice, inner unit and folds, each candidate's squared error on the held-out conditions;
+    with ``blend`` a candidate, its weights pooled over the assignments, ``blend_member_weights``,
+    which :func:`fit_chosen_base` uses).
     """
-    unit = inner_unit(cond_keys, unit_spec, exp.components)
-    folds = inner_folds(cond_keys, unit, n_folds, seed, exp.components)
+    check_inner(unit_spec, n_folds, f"base={spec}")
+    unit, assignments = inner_assignments(cond_keys, unit_spec, n_folds, seed, exp.components)
+    folds = assignments[0]
     summary: dict[str, Any] = {"base_requested": spec, "inner_unit": unit,
                                "inner_folds": int(folds.max()) + 1}
     zeros = np.zeros((len(cond_keys), exp.n_genes))
     if spec == "none":
         return "none", zeros, {**summary, "base": "none"}
-    if (folds < 0).all():
+    held_out = (folds >= 0).any()
+    if not held_out:
         if spec == "auto":
             warnings.warn("base=auto: a single training condition cannot be held out to choose "
                           "a base; using base=none.", stacklevel=3)
@@ -184,31 +211,55 @@ def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Co
         warnings.warn(f"base={spec}: a single training condition cannot be held out, so its "
                       "base delta is the in-sample one.", stacklevel=3)
     candidates = base_names() if spec == "auto" else [spec]
+    blend = "blend" in candidates and held_out  # blended from its members' deltas
+    fitted = [n for n in candidates if n != "blend" or not blend]
+    fitted += [m for m in BLEND_MEMBERS if blend and m not in fitted]
     exp = _MeansOnly(exp, mask)
     real = real_deltas(exp, mask, cond_keys)
-    scored = folds >= 0 if (folds >= 0).any() else np.ones(folds.size, bool)  # held out
-    repeats = BASE_REPEATS if spec == "auto" and (folds >= 0).any() else 1
-    assignments = [folds] + [inner_folds(cond_keys, unit, n_folds, seed + 7919 * r,
-                                         exp.components) for r in range(1, repeats)]
-    fitted = [n for n in candidates if n != "blend"]
-    if "blend" in candidates:  # its out-of-fold deltas are blended from its members'
-        fitted += [m for m in BLEND_MEMBERS if m not in fitted]
-    per_repeat: dict[str, list[float]] = {name: [] for name in candidates}
-    oof = {}
+    scored = folds >= 0 if held_out else np.ones(folds.size, bool)
+    if spec not in ("auto", "blend") or not held_out:
+        assignments = assignments[:1]
+    errors: dict[str, list[float]] = {name: [] for name in candidates}
+    oof: dict[str, np.ndarray] = {}
+    gram, rhs = 0.0, 0.0
     for r, fold_ids in enumerate(assignments):
         deltas = {name: out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
                   for name in fitted}
-        if "blend" in candidates:
-            deltas["blend"] = (cross_fitted_blend(np.stack([deltas[m] for m in BLEND_MEMBERS]),
-                                                  real, fold_ids) if (fold_ids >= 0).any() else
-                               out_of_fold_deltas("blend", exp, mask, cond_keys, fold_ids, seed))
+        if blend:
+            members = np.stack([deltas[m] for m in BLEND_MEMBERS])
+            deltas["blend"] = cross_fitted_blend(members, real, fold_ids)
+            g, b = normal_equations(members[:, fold_ids >= 0], real[fold_ids >= 0])
+            gram, rhs = gram + g, rhs + b
         if r == 0:
             oof = deltas
         for name in candidates:
-            per_repeat[name].append(float(((deltas[name] - real)[scored] ** 2).sum(1).mean()))
-    errors = {"none": float((real[scored] ** 2).sum(1).mean()),
-              **{name: float(np.mean(v)) for name, v in per_repeat.items()}}
-    chosen = min(errors, key=errors.get) if spec == "auto" else spec
-    summary.update(base=chosen, inner_repeats=repeats,
-                   inner_error={k: round(v, 6) for k, v in errors.items()})
+            errors[name].append(float(((deltas[name] - real)[scored] ** 2).sum(1).mean()))
+    scores = {"none": float((real[scored] ** 2).sum(1).mean()),
+              **{name: float(np.mean(v)) for name, v in errors.items()}}
+    chosen = min(scores, key=scores.get) if spec == "auto" else spec
+    summary.update(base=chosen, inner_repeats=len(assignments),
+                   inner_error={k: round(v, 6) for k, v in scores.items()})
+    if blend:
+        weights = nnls_weights(gram, rhs)
+        summary["blend_member_weights"] = {m: float(w) for m, w in zip(BLEND_MEMBERS, weights,
+                                                                       strict=True)}
     return chosen, oof.get(chosen, zeros), summary
+
+
+def fit_chosen_base(name: str, exp: Experiment, mask: np.ndarray, seed: int,
+                    summary: dict[str, Any], n_folds: int):
+    """The chosen base fitted on every training cell (None for ``none``); a blend takes the
+    weights :func:`choose_base` pooled (those :meth:`BlendBaseline.fit` would learn on the
+    same unit and folds) instead of learning them again."""
+    if name == "none":
+        return None
+    weights = summary.get("blend_member_weights")
+    if name != "blend" or weights is None:
+        return fit_base(name, exp, mask, seed)
+    from .blend_baseline import BlendBaseline
+
+    blend = BlendBaseline(seed=seed, inner_unit=summary["inner_unit"], inner_folds=n_folds)
+    blend = blend.fit_with_weights(exp, mask, np.array([weights[m] for m in BLEND_MEMBERS]),
+                                   summary["inner_unit"])
+    summary["blend_weights"] = blend.describe_weights()
+    return blend
