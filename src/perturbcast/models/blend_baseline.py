@@ -15,8 +15,8 @@ fitted on every training cell. Only training cells are read.
 Why: picking one baseline on inner folds (``base=auto``) is a noisy choice when a few dozen
 conditions separate the candidates, and baselines err in different directions (a mean is biased
 but stable, a gene-table model less biased but noisier), so a weighted blend can be closer than
-the best of them. A single training perturbation cannot be held out: the blend then announces
-that it is cell_mean.
+the best of them. Where fewer than two training conditions can be held out, no weights can be
+learned: the blend then announces that it is its first member (cell_mean by default).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .base import Condition, _parse_conditions
 from .baselines import MeanShiftModel
 
 _MEMBER_KEY = re.compile(r"^m\d+\.")
+SHOWN_WEIGHT = 0.005  # weights below this are not listed and not warned about
 MEMBERS = ("cell_mean", "context_mean", "perturbation_mean", "additive", "linear", "knn")
 
 
@@ -170,12 +171,12 @@ class BlendBaseline(MeanShiftModel):
         """The weights and the inner unit they were learned on (a column of benchmark fits)."""
         return {"blend_weights": self.describe_weights(), "inner_unit": self.inner_unit_used}
 
-    def fit_with_weights(self, exp: Experiment, mask: np.ndarray, weights: np.ndarray,
-                         unit: str) -> BlendBaseline:
+    def fit_with_weights(self, exp: Experiment, mask: np.ndarray,
+                         weights: np.ndarray) -> BlendBaseline:
         """Fit the members on the training cells and use ``weights`` (n_members,), learned by
-        the caller on ``unit`` inner folds of the same cells (``base=auto``: the same
-        assignments, so the same weights as :meth:`fit` with that unit and fold count)."""
-        self._preset = (np.asarray(weights, float), unit)
+        the caller on inner folds (of this model's ``inner_unit``, resolved) of the same cells
+        (``base=auto``: the same assignments, so the same weights as :meth:`fit`)."""
+        self._preset = (np.asarray(weights, float), self.params["inner_unit"])
         try:
             return self.fit(exp, mask)
         finally:
@@ -233,7 +234,7 @@ class BlendBaseline(MeanShiftModel):
         ``"knn:0.61 cell_mean:0.33"``."""
         order = np.argsort(-self.weights, kind="stable")
         return " ".join(f"{self.params['members'][i]}:{self.weights[i]:.2f}" for i in order
-                        if self.weights[i] >= 0.005) or "none (no change)"
+                        if self.weights[i] >= SHOWN_WEIGHT) or "none (no change)"
 
     def delta(self, pert: str, ctx: str) -> np.ndarray:
         """The weighted sum of the members' mean changes, shape (n_genes,)."""
@@ -255,7 +256,7 @@ class BlendBaseline(MeanShiftModel):
         for w, model in zip(self.weights, self.member_models, strict=True):
             can = getattr(model, "_can_use_vector", None)
             missing = [p for p in perts if can is not None and not can(p)]
-            if w >= 0.005 and missing:
+            if w >= SHOWN_WEIGHT and missing:
                 warnings.warn(f"blend: member {model.name} (weight {w:.2f}) has no gene-table "
                               f"row for {len(missing)} of {len(perts)} perturbations "
                               f"({preview(missing, 5)}); it predicts those with its fallback.",

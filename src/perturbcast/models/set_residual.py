@@ -259,7 +259,6 @@ def fit_chosen_base(name: str, exp: Experiment, mask: np.ndarray, seed: int,
     from .blend_baseline import BlendBaseline
 
     blend = BlendBaseline(seed=seed, inner_unit=summary["inner_unit"], inner_folds=n_folds)
-    blend = blend.fit_with_weights(exp, mask, np.array([weights[m] for m in BLEND_MEMBERS]),
-                                   summary["inner_unit"])
+    blend = blend.fit_with_weights(exp, mask, np.array([weights[m] for m in BLEND_MEMBERS]))
     summary["blend_weights"] = blend.describe_weights()
     return blend
