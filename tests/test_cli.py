@@ -90,6 +90,14 @@ def test_train_predict_evaluate(tmp_path, sim_file, capsys):
     code, _, err = run(["train", *base, "--model", "additive", "--split", str(split),
                         "--fold", "0", "--out", str(tmp_path / "model")], capsys)
     assert code == 0, err
+    code, _, err = run(["train", *base, "--model", "blend", "--param", "members=additive,linear",
+                        "--split", str(split), "--fold", "0", "--out", str(tmp_path / "blend")],
+                       capsys)
+    assert code == 0, err
+    blend = json.loads((tmp_path / "blend" / "config.json").read_text())
+    assert blend["params"]["members"] == ["additive", "linear"]
+    assert re.search(r"blend: blend weights (additive|linear):\d\.\d\d.* inner folds",
+                     " ".join(err.split()))  # the console wraps long lines
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["model"] == "additive" and len(cfg["genes"]) == 80
     assert set(cfg["vocabulary"]) == {p for p, _ in fold["train"]}

@@ -219,6 +219,10 @@ def train(
                   f"{m.shrink:g} of its correction over it (shrink={m.params['shrink']}"
                   + (f", chosen on {s.get('shrink_held_out', 0)} held-out training conditions"
                      if str(m.params["shrink"]).startswith("auto") else "") + ")")
+    weights = getattr(m, "training_summary", {}).get("blend_weights")
+    if weights:  # blend, or a learned model on the blend base
+        err.print(f"{model}: blend weights {weights} (learned on "
+                  f"{m.training_summary.get('inner_unit')} inner folds of the training cells)")
 
 
 @app.command()
