@@ -192,3 +192,22 @@ def test_predict_names_a_weighted_member_that_falls_back(sim_exp, combo_fold):
     assert blend.weights[0] > 0
     with pytest.warns(UserWarning, match=r"member linear \(weight .*NOTAGENE"):
         blend.predict(sim_exp, [("NOTAGENE", test[0][1])], n_cells=5)
+
+
+def test_blend_reports_the_gene_table_its_members_used(sim_exp, combo_fold, tmp_path):
+    """The simulated genes have no row in the built-in table, so linear and knn fall back to
+    "train": blend reports that table (not its "default" parameter), so the benchmark counts
+    it among the baselines with the learned models' table; without linear/knn it takes none."""
+    from perturbcast.benchmark import embeddings_of
+    from perturbcast.models import PerturbationModel
+
+    train, _ = combo_fold
+    with pytest.warns(UserWarning):
+        blend = get_model("blend", members="additive,linear", inner_folds=2).fit(sim_exp, train)
+    linear = blend.member_models[1]
+    assert blend.params["embeddings"] == "default" and linear.embeddings_used == "train"
+    assert embeddings_of(blend) == "train" == embeddings_of(linear)
+    blend.save(tmp_path / "b")
+    assert embeddings_of(PerturbationModel.load(tmp_path / "b")) == "train"
+    plain = get_model("blend", members="additive,cell_mean", inner_folds=2).fit(sim_exp, train)
+    assert embeddings_of(plain) is None

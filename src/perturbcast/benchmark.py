@@ -137,11 +137,13 @@ def _fold_references(exp: Experiment, fold: Fold, fdr: FdrMode):
 
 
 def embeddings_of(model: PerturbationModel) -> str | None:
-    """The gene table a fitted model used (``embeddings_used``, e.g. "train" where "default"
-    had no row for the training genes), else its ``embeddings`` parameter; None if it takes
-    none."""
+    """The gene table a fitted model used (``table_used`` where the model defines it, else
+    ``embeddings_used``, e.g. "train" where "default" had no row for the training genes, else
+    its ``embeddings`` parameter); None if it takes none."""
     if not (getattr(type(model), "takes_embeddings", False) or "embeddings" in model.params):
         return None
+    if hasattr(model, "table_used"):  # known only after the fit (blend: its members' table)
+        return model.table_used
     value = getattr(model, "embeddings_used", None) or model.params.get("embeddings")
     return None if value is None else str(value)
 

@@ -171,6 +171,14 @@ class BlendBaseline(MeanShiftModel):
         """The weights and the inner unit they were learned on (a column of benchmark fits)."""
         return {"blend_weights": self.describe_weights(), "inner_unit": self.inner_unit_used}
 
+    @property
+    def table_used(self) -> str | None:
+        """The gene table the members used (``embeddings_used`` of linear/knn, e.g. "train"
+        where "default" had no row for the training genes); None when no member takes one."""
+        used = {str(m.embeddings_used) for m in self.member_models
+                if getattr(m, "embeddings_used", None)}
+        return ",".join(sorted(used)) or None
+
     def fit_with_weights(self, exp: Experiment, mask: np.ndarray,
                          weights: np.ndarray) -> BlendBaseline:
         """Fit the members on the training cells and use ``weights`` (n_members,), learned by
