@@ -28,3 +28,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def sim_file(tmp_path_factory, sim_adata):
+    """``sim_adata`` as an .h5ad file (without the simulator's true effects)."""
+    path = tmp_path_factory.mktemp("data") / "sim.h5ad"
+    a = sim_adata.copy()
+    del a.uns["true_effects"]
+    a.write_h5ad(path)
+    return path

@@ -327,4 +327,5 @@ def test_existing_folder_outputs_refused_before_any_work(command, files, tmp_pat
             "report": ["report", str(out)]}[command]
     code, err = _cli(args, capsys)
     assert code == 2 and "already exists; pass --overwrite" in " ".join(err.split()), err
+    assert (command == "report") == ("--out" not in err), err  # report has no --out to offer
     assert (out / "report.html").read_text() == "mine"

@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -22,15 +23,6 @@ def run(args, capsys):
         code = e.code or 0
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def sim_file(tmp_path_factory, sim_adata):
-    path = tmp_path_factory.mktemp("data") / "sim.h5ad"
-    a = sim_adata.copy()
-    del a.uns["true_effects"]
-    a.write_h5ad(path)
-    return path
 
 
 def test_demo_writes_report(tmp_path, capsys, monkeypatch):
@@ -71,6 +63,8 @@ def test_benchmark_outputs(tmp_path, sim_file, capsys):
                                      "embeddings"]
     assert list(summary.model) == ["cell_mean", "additive", "linear"]
     assert (summary.loc[summary.model == "cell_mean", "score"] == 0).all()
+    flat = " ".join(out.split())
+    assert "baselines only: a deterministic fit" in flat and "--seeds 0,1,2" not in flat
     per = pd.read_csv(tmp_path / "b" / "per_perturbation.csv")
     assert {"model", "fold", "context", "perturbation"} <= set(per.columns)
     assert per.perturbation.str.contains(r"\+").all()
@@ -166,6 +160,27 @@ def test_all_four_real_tasks(tmp_path, shared_data, capsys):
         # a zero predicted delta has no correlation: only the control baseline may be NaN
         learned = summary[summary.model != "control"]
         assert learned.pearson_delta.notna().all(), name
+
+
+def test_task_data_by_bare_name_is_looked_for_in_the_data_folders(tmp_path, capsys,
+                                                                   monkeypatch):
+    """`--data FILE.h5ad` (no folder) that is not in the working directory is found in
+    $PERTURBCAST_DATA; a name found nowhere is a one-line error that says where it looked."""
+    from perturbcast.datasets.tasks import TASKS, task_path
+
+    task = TASKS["kang18_celltype"]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "mine.h5ad").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERTURBCAST_DATA", str(tmp_path / "folder"))
+    assert task_path(task, "mine.h5ad") == (tmp_path / "folder" / "mine.h5ad").resolve()
+    assert task_path(task, "sub/mine.h5ad") == Path("sub/mine.h5ad")  # a path: as given
+    (tmp_path / "mine.h5ad").write_bytes(b"")
+    assert task_path(task, "mine.h5ad") == Path("mine.h5ad")  # here first
+    code, _, err = run(["benchmark", "--task", "kang18_celltype", "--data", "nowhere.h5ad",
+                        "--models", "additive", "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "PERTURBCAST_DATA" in err and "leave --data out" in " ".join(err.split())
 
 
 # the network alone (one training per fit): these tests are about the CLI; the default

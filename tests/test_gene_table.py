@@ -110,7 +110,8 @@ def test_embedding_spec_resolution(tmp_path):
 
     names, vec, used = resolve_embeddings("default", ["STAT1", "G0001"], train_table, "m")
     assert used == "default" and vec.shape[1] == 125 and "STAT1" in set(names)
-    with pytest.warns(UserWarning, match="no row for any of the 2 training.*'train'"):
+    with pytest.warns(UserWarning,
+                      match="no row for any of the 2 single perturbations in training.*'train'"):
         names, vec, used = resolve_embeddings("default", ["G0001", "G0002"], train_table, "m")
     assert used == "train" and list(names) == ["g1"]
     assert resolve_embeddings("none", ["A"], train_table, "m")[1].shape == (0, 0)

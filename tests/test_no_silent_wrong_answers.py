@@ -73,8 +73,10 @@ def test_unseen_context_and_batch_and_no_validation_warn(sim_adata, sim_exp):
     ctx0 = sim_exp.contexts == "ctx0"
     with pytest.warns(UserWarning, match="context\\(s\\) ctx1 were not in training"):
         get_model("cell_mean").fit(sim_exp, ctx0).predict(sim_exp, [("G0001", "ctx1")])
-    with pytest.warns(UserWarning, match="no validation cells.*no early stopping"):
+    with pytest.warns(UserWarning, match="no validation cells.*no early stopping") as shown:
         model = get_model("transition", val_fraction=0.0, **TINY).fit(sim_exp)
+    # said once, by the model: not also Lightning's "no val_dataloader. Skipping val loop."
+    assert not [w for w in shown if "val_dataloader" in str(w.message)]
     other = sim_adata.copy()
     other.obs["batch"] = "rep_new"
     exp = read_experiment(other, "perturbation", "control", context_key="context",

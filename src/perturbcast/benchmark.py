@@ -27,6 +27,7 @@ from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
 from .eval.report_data import ReportData
 from .models import BASELINES, MODELS, get_model
 from .models.base import PerturbationModel
+from .repeated_warnings import WarnOnce
 from .utils import progress
 from .verdict import (
     REFERENCE_MODEL,
@@ -187,9 +188,10 @@ def run_benchmark(
     timings = {m: 0.0 for m in names}
     embeddings: dict[str, str | None] = {}
     report_data = ReportData(seed=seeds[0])
-    with progress(disable=not show_progress) as bar, warnings.catch_warnings():
-        # torch's notice to Lightning (LeafSpec), once per fit; says nothing about results
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    # torch's notice to Lightning (LeafSpec), once per fit, says nothing about results; other
+    # warnings are shown once per model, not once per fold and seed
+    once = WarnOnce(ignore=((".*LeafSpec.*", FutureWarning),))
+    with progress(disable=not show_progress) as bar:
         task = bar.add_task("benchmark", total=len(split.folds) * len(runs))
         for fold in split.folds:
             if n_top_genes is not None and n_top_genes < full.n_genes:
@@ -199,22 +201,24 @@ def run_benchmark(
             for name, s in runs:
                 bar.update(task, description=f"{fold.name}: {name} (seed {s})")
                 t0 = time.perf_counter()
-                model = get_model(name, seed=s, **model_params.get(name, {}))
-                model.fit(exp, train)
-                embeddings[name] = embeddings_of(model)
-                t_fit = time.perf_counter()
-                for ctx, (ref, conds) in refs.items():
-                    pred = model.predict(exp, conds, include_controls=True)
-                    res = evaluate(pred, ref, edistance=edistance)
-                    if s == seeds[0]:
-                        report_data.add(name, fold.name, ctx, model, pred, ref)
-                    key = {"model": name, "seed": s, "fold": fold.name, "context": ctx}
-                    units.append({**key, **res.summary})
-                    table = res.per_perturbation.reset_index().assign(**key)
-                    spread = pred.uns["perturbcast"].get("spread")  # ensembles (n_seeds > 1)
-                    if spread:
-                        table["spread"] = [spread.get(f"{p}|{ctx}") for p in table.perturbation]
-                    rows.append(table)
+                with once.model(name):
+                    model = get_model(name, seed=s, **model_params.get(name, {}))
+                    model.fit(exp, train)
+                    embeddings[name] = embeddings_of(model)
+                    t_fit = time.perf_counter()
+                    for ctx, (ref, conds) in refs.items():
+                        pred = model.predict(exp, conds, include_controls=True)
+                        res = evaluate(pred, ref, edistance=edistance)
+                        if s == seeds[0]:
+                            report_data.add(name, fold.name, ctx, model, pred, ref)
+                        key = {"model": name, "seed": s, "fold": fold.name, "context": ctx}
+                        units.append({**key, **res.summary})
+                        table = res.per_perturbation.reset_index().assign(**key)
+                        spread = pred.uns["perturbcast"].get("spread")  # n_seeds > 1
+                        if spread:
+                            table["spread"] = [spread.get(f"{p}|{ctx}")
+                                               for p in table.perturbation]
+                        rows.append(table)
                 t_end = time.perf_counter()
                 summ = getattr(model, "training_summary", {})
                 fits.append({"model": name, "seed": s, "fold": fold.name,
@@ -222,6 +226,8 @@ def run_benchmark(
                              **{k: summ[k] for k in CHOICE_KEYS if k in summ}})
                 timings[name] += t_end - t0
                 bar.advance(task)
+    if once.repeats_line():
+        warnings.warn(once.repeats_line(), stacklevel=2)
     summary = summarise(pd.DataFrame(units), embeddings)
     per_pert = pd.concat(rows, ignore_index=True)
     first = ["model", "seed", "fold", "context"]

@@ -18,12 +18,15 @@ from .cli_options import (
     CtxKey,
     DataOpt,
     DropSmall,
+    FoldOpt,
     Layer,
     Overwrite,
     Params,
     PertKey,
     Seed,
+    SplitFile,
     _check_out,
+    _fold,
     _obs_columns,
     _read,
     err,
@@ -148,9 +151,8 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
     model: Annotated[str, typer.Option("--model", help="Model name.")] = "linear",
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
-    split_file: Annotated[Path | None, typer.Option("--split", help="Split .json.")] = None,
-    fold: Annotated[str | None, typer.Option("--fold", help="Fold name or index.")] = None,
-    seed: Seed = 0, backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
+    split_file: SplitFile = None, fold: FoldOpt = None, seed: Seed = 0,
+    backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the "
                                          "same command from its last checkpoint.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Training steps "
@@ -173,20 +175,13 @@ def train(
 
     _check_out(out_dir, overwrite, is_dir=True)
     resume_dir = out_dir.parent / f".{out_dir.name}.resume"
-    from .data import Split
     from .models import get_model
     from .models.selection import parse_param_items, route_params
 
     exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
     mask = None
     if split_file is not None:
-        sp = Split.from_json(split_file)
-        names = [f.name for f in sp.folds]
-        key = fold or names[0]
-        chosen = sp.folds[int(key)] if key.isdigit() and int(key) < len(names) else next(
-            (f for f in sp.folds if f.name == key), None)
-        if chosen is None:
-            raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
+        chosen = _fold(split_file, fold)
         mask = chosen.train_mask(exp)
     from .models import get_model_class
     from .train.distributed import global_rank
@@ -234,6 +229,10 @@ def predict(
         "--perturbations", help="Comma-separated labels (default: model vocabulary).")] = None,
     contexts: Annotated[str | None, typer.Option(
         "--contexts", help="Comma-separated contexts (default: all with controls).")] = None,
+    split_file: Annotated[Path | None, typer.Option(
+        "--split", help="Split .json: predict the held-out conditions of --fold (instead of "
+        "--perturbations/--contexts).")] = None,
+    fold: FoldOpt = None,
     n_cells: Annotated[int, typer.Option("--n-cells", help="Cells per condition.")] = 100,
     include_controls: Annotated[bool, typer.Option("--include-controls")] = False,
     layer: Layer = None, backed: Backed = False, overwrite: Overwrite = False,
@@ -248,6 +247,9 @@ def predict(
     _check_out(out_file, overwrite, is_dir=False)
     if n_cells < 1:
         raise InputError(f"--n-cells {n_cells}: pass at least 1 cell per condition.")
+    if split_file is not None and (perturbations or contexts):
+        raise InputError("--split predicts the fold's held-out conditions; drop "
+                         "--perturbations/--contexts (or drop --split).")
     from .models.base import PerturbationModel
     from .utils import atomic_path
 
@@ -262,10 +264,12 @@ def predict(
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
+    conditions = ([tuple(t) for t in _fold(split_file, fold).test] if split_file is not None
+                  else [(p, c) for c in ctxs for p in perts])
     from .cli_incontext import prompt_options
 
     options = prompt_options(m, prompt, prompt_filter)
-    pred = m.predict(exp, [(p, c) for c in ctxs for p in perts], n_cells=n_cells,
+    pred = m.predict(exp, conditions, n_cells=n_cells,
                      include_controls=include_controls, **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)

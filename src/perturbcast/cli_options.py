@@ -28,6 +28,24 @@ Params = Annotated[list[str] | None, typer.Option(
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+SplitFile = Annotated[Path | None, typer.Option("--split", help="Split .json (from `perturbcast "
+                                                "split`).")]
+FoldOpt = Annotated[str | None, typer.Option("--fold", help="Fold name or index (default: the "
+                                             "first).")]
+
+
+def _fold(split_file: Path, fold: str | None):
+    """The fold of a split .json named or numbered by ``--fold`` (default: the first)."""
+    from .data import Split
+
+    sp = Split.from_json(split_file)
+    names = [f.name for f in sp.folds]
+    key = fold or names[0]
+    chosen = sp.folds[int(key)] if key.isdigit() and int(key) < len(names) else next(
+        (f for f in sp.folds if f.name == key), None)
+    if chosen is None:
+        raise InputError(f"fold {key!r} not in {split_file}; folds: {', '.join(names)}.")
+    return chosen
 
 
 def _check_out(path: Path, overwrite: bool, is_dir: bool) -> None:
@@ -64,15 +82,28 @@ def _obs_columns(path: Path) -> list[str]:
 
 
 def _read_real(path: Path, pred, perturbation_key: str, control: str,
-               context_key: str | None):
-    """The real cells for ``evaluate --real``: an .h5ad whole, or from a store only the
-    predicted perturbations (and controls) of the predicted contexts (so, unlike a whole
-    file, a store does not reveal real perturbations the predictions left out)."""
+               context_key: str | None, only_predicted: bool = False):
+    """The real cells for ``evaluate --real``: an .h5ad whole (``only_predicted``: its
+    predicted perturbations and controls, announced), or from a store only the predicted
+    perturbations (and controls) of the predicted contexts (so, unlike a whole file, a store
+    does not reveal real perturbations the predictions left out)."""
     from .data.reading import open_h5ad
     from .data.store import is_store, store_cells
 
     if not is_store(path):
-        return open_h5ad(path, False, "--real")
+        real = open_h5ad(path, False, "--real")
+        if not only_predicted:
+            return real
+        if perturbation_key not in real.obs or perturbation_key not in pred.obs:
+            raise InputError(f"obs column {perturbation_key!r} must be in both --pred and "
+                             f"--real; pass --perturbation-key with a column both files have.")
+        labels = real.obs[perturbation_key].astype(str)
+        wanted = set(pred.obs[perturbation_key].astype(str)) | {control}
+        dropped = sorted(set(labels) - wanted)
+        err.print(f"--only-predicted: scoring the {len(wanted - {control})} predicted "
+                  f"perturbations; {len(dropped)} other perturbations of {path} are left out "
+                  f"(discrimination ranks among the predicted ones only).")
+        return real[labels.isin(wanted).to_numpy()].copy()
     if perturbation_key not in pred.obs:
         raise InputError(f"obs column {perturbation_key!r} not found in the predictions "
                          f"(columns: {', '.join(map(str, pred.obs.columns))}); pass "

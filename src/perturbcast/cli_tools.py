@@ -41,30 +41,68 @@ def evaluate(
     context_key: Annotated[str | None, typer.Option(
         "--context-key", help="obs column of contexts in both files: score per (perturbation, "
         "context). Default: the predictions' context column when the real file has it.")] = None,
+    only_predicted: Annotated[bool, typer.Option(
+        "--only-predicted", help="Score the predicted perturbations alone (the real .h5ad's "
+        "others are left out, announced; a store always reads only these).")] = False,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="Predictions of a reference model for the same conditions (cell-eval "
+        "uses cell_mean's): adds the VCC score against it to summary.json.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score predictions like cell-eval: writes summary.json and per_perturbation.csv.
 
-    Raw counts in --real are normalised like the predictions' input (recorded by predict)."""
+    Raw counts in --real are normalised like the predictions' input (recorded by predict).
+    With --baseline, summary.json also has ``score`` (the VCC score), ``score_<metric>`` (its
+    parts) and ``baseline_<metric>`` (the reference's own metrics)."""
     _check_out(out_dir, overwrite, is_dir=True)
     from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
     from .eval.report import write_csv
-    from .utils import write_json
+    from .utils import atomic_path, write_json
 
     if fdr not in ("per_perturbation", "global"):
         raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
     p_adata = open_h5ad(pred, False, "--pred")
-    adatas = [p_adata, _read_real(real, p_adata, perturbation_key, control, context_key)]
-    res = run_eval(adatas[0], adatas[1], perturbation_key, control, fdr=fdr, epsilon=epsilon,
+    real_adata = _read_real(real, p_adata, perturbation_key, control, context_key,
+                            only_predicted)
+    res = run_eval(p_adata, real_adata, perturbation_key, control, fdr=fdr, epsilon=epsilon,
                    context_key=context_key)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "summary.json", res.summary)
-    write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")
-    out.print_json(json.dumps({k: v for k, v in res.summary.items()}, default=str))
+    summary = dict(res.summary)
+    if baseline is not None:
+        summary.update(_vcc_against(baseline, p_adata, real_adata, res, perturbation_key,
+                                    control, fdr, epsilon, context_key))
+    else:
+        err.print("no VCC score: it needs a reference model's predictions (--baseline, e.g. "
+                  "cell_mean's for the same conditions).")
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        write_json(tmp / "summary.json", summary)
+        write_csv(res.per_perturbation.reset_index(), tmp / "per_perturbation.csv")
+    out.print_json(json.dumps(summary, default=str))
     if res.by_context:
         err.print(f"scored per context ({len(res.by_context)}): {', '.join(res.by_context)}")
     err.print(f"wrote {out_dir}/summary.json and per_perturbation.csv")
+
+
+def _vcc_against(path: Path, pred, real, res, perturbation_key: str, control: str, fdr: str,
+                 epsilon: float, context_key: str | None) -> dict:
+    """The VCC score of ``res`` against the reference predictions in ``path`` (the same
+    conditions as ``pred``), its parts, and the reference's own summary metrics."""
+    from .data.reading import open_h5ad
+    from .eval import evaluate as run_eval
+    from .eval.evaluate import VCC_METRICS, vcc_score
+
+    base = open_h5ad(path, False, "--baseline")
+    if perturbation_key in base.obs and perturbation_key in pred.obs:
+        mine, theirs = (set(a.obs[perturbation_key].astype(str)) for a in (pred, base))
+        if mine != theirs:
+            raise InputError(f"--baseline {path} predicts other perturbations than --pred "
+                             f"({len(theirs - mine)} extra, {len(mine - theirs)} missing); "
+                             f"predict the same conditions with the reference model.")
+    b_res = run_eval(base, real, perturbation_key, control, fdr=fdr, epsilon=epsilon,
+                     context_key=context_key)
+    score, parts = vcc_score(res.summary, b_res.summary)
+    return {"score": score, **{f"score_{m}": v for m, v in parts.items()},
+            **{f"baseline_{m}": b_res.summary[m] for m in VCC_METRICS}, "baseline": str(path)}
 
 
 def atlas(
@@ -165,9 +203,10 @@ def report(
 ) -> None:
     """Write report.html (one self-contained page with figures) from a benchmark folder."""
     from .eval.html_report import REPORT_NAME, write_html_report
+    from .utils import check_output
 
-    if directory.is_dir():
-        _check_out(directory / REPORT_NAME, overwrite, is_dir=False)
+    if directory.is_dir():  # the name is fixed (no --out): the only fix is --overwrite
+        check_output(directory / REPORT_NAME, overwrite, is_dir=False, option=None)
 
     err.print(f"wrote {write_html_report(directory)}")
 

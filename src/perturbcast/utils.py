@@ -101,7 +101,7 @@ def progress(disable: bool = False):
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False, is_dir: bool = False,
-                 option: str = "--out") -> None:
+                 option: str | None = "--out") -> None:
     """Fail (InputError, before any work) when ``path`` cannot or may not be written.
 
     An existing file or non-empty folder is refused unless ``overwrite``; a folder where a
@@ -113,16 +113,16 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, is_dir: bool 
     path = Path(path)
     if path.exists() and path.is_dir() != is_dir:
         want, have = ("a folder", "a file") if is_dir else ("a file name", "a folder")
-        raise InputError(f"{path} is {have}; {option} needs {want} here.")
+        raise InputError(f"{path} is {have}; {option or 'this output'} needs {want} here.")
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
-        raise InputError(f"{path} already exists; pass --overwrite to replace it, or choose "
-                         f"another {option}.")
+        other = f", or choose another {option}" if option else ""
+        raise InputError(f"{path} already exists; pass --overwrite to replace it{other}.")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"cannot write {path}: {parent} is a file, not a folder; choose "
-                         f"another {option}.")
+                         f"another {option or 'folder'}.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot write {path}: no permission to write in {parent}; choose "
-                         f"another {option}.")
+                         f"another {option or 'folder'}.")

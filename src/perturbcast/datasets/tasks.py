@@ -128,16 +128,30 @@ def find_task_file(task: Task) -> Path | None:
     return None
 
 
+def task_path(task: Task, data: str | os.PathLike | None) -> Path | None:
+    """``data`` as given when it exists; a bare file name (no folder) that does not exist here
+    is looked for in :func:`data_dirs`; no ``data``: the task's own file there."""
+    if data is None:
+        return find_task_file(task)
+    path = Path(data)
+    if path.exists() or path.parent != Path("."):
+        return path
+    found = [d / path for d in data_dirs() if (d / path).exists()]
+    return found[0].resolve() if found else path
+
+
 def load_task(name: str, data: str | os.PathLike | None = None) -> tuple[Experiment, Split]:
     """Load a task's experiment and split from ``data`` (or the default data folders)."""
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}.")
     task = TASKS[name]
-    path = Path(data) if data else find_task_file(task)
+    path = task_path(task, data)
     if path is None:
         raise InputError(f"task {name!r} needs {task.filename}; pass --data PATH or set "
                          f"PERTURBCAST_DATA to its folder.")
     if not path.exists():
-        raise InputError(f"file not found: {path}; check --data.")
+        raise InputError(f"file not found: {path} (a bare name is also looked for in "
+                         f"$PERTURBCAST_DATA and ../shared/data); pass its path with --data, "
+                         f"or leave --data out to find {task.filename} there.")
     exp = task.load(ad.read_h5ad(path))
     return exp, task.split(exp)

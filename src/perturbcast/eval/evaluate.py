@@ -198,8 +198,11 @@ def score(pred: ad.AnnData, real: Reference, edistance: bool = True
     if missing or extra or ctrl not in set(plabels):
         what = (f"missing {preview(missing, 5)}" if missing else
                 f"unexpected {preview(extra, 5)}" if extra else f"no control {ctrl!r}")
-        raise InputError(f"predictions and real data differ in perturbations ({what}); "
-                         f"predict every real perturbation and include control cells.")
+        fix = ("predict every real perturbation, or score the predicted ones alone "
+               "(evaluate --only-predicted)" if missing else
+               "predict only perturbations the real data has" if extra else
+               "include control cells in the predictions (predict --include-controls)")
+        raise InputError(f"predictions and real data differ in perturbations ({what}); {fix}.")
     px = log1p_matrix(pred, "predicted")
     pindex = group_indices(plabels, real.groups)
     pm = _group_means(px, pindex)

@@ -35,6 +35,10 @@ def seeds_note(summary: pd.DataFrame) -> str:
     if n > 1:
         return (f"learned models: mean ± sd over {n} seeds; baselines fitted once "
                 f"(deterministic fit, sd 0)")
+    from ..models import BASELINES
+
+    if "model" in summary and summary.model.isin(BASELINES).all():
+        return "baselines only: a deterministic fit, run once (no seed spread to measure)"
     return "one seed per model (no spread measured; --seeds 0,1,2 measures it)"
 
 

@@ -132,7 +132,8 @@ def resolve_embeddings(spec: str | None, components: Sequence[str],
     names, vectors = load_embedding_tables(spec)
     if spec == DEFAULT and len(components) and not _covers_any(names, components):
         warnings.warn(f"{model}: the built-in gene table (embeddings='default') has no row for "
-                      f"any of the {len(components)} training perturbations (e.g. "
+                      f"any of the {len(components)} single perturbations in training "
+                      f"(combinations counted by their parts; e.g. "
                       f"{sorted(components)[0]!r}); using embeddings='train' (features from the "
                       "training data) instead; pass embeddings=TABLE for your own vectors.",
                       stacklevel=2)

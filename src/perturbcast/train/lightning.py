@@ -249,6 +249,8 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*IterableDataset.*")
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
+        # no validation cells: the models say so themselves (what it means: no early stop)
+        warnings.filterwarnings("ignore", ".*validation_step.*no .val_dataloader.*")
         try:
             with lightning_handles_sigterm():
                 trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
