@@ -175,6 +175,7 @@ def test_task_data_by_bare_name_is_looked_for_in_the_data_folders(tmp_path, caps
     monkeypatch.setenv("PERTURBCAST_DATA", str(tmp_path / "folder"))
     assert task_path(task, "mine.h5ad") == (tmp_path / "folder" / "mine.h5ad").resolve()
     assert task_path(task, "sub/mine.h5ad") == Path("sub/mine.h5ad")  # a path: as given
+    assert task_path(task, "./mine.h5ad") == Path("mine.h5ad")
     (tmp_path / "mine.h5ad").write_bytes(b"")
     assert task_path(task, "mine.h5ad") == Path("mine.h5ad")  # here first
     code, _, err = run(["benchmark", "--task", "kang18_celltype", "--data", "nowhere.h5ad",

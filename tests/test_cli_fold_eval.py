@@ -81,25 +81,106 @@ def test_evaluate_only_predicted_and_the_vcc_score_against_a_baseline(fold_model
     assert "no VCC score" in err
     alone = json.loads((tmp / "ev" / "summary.json").read_text())
     assert "score" not in alone
-    # the same numbers as scoring against a real file cut to the predicted conditions
+    # the same numbers as scoring a real file cut to the predicted conditions (per context:
+    # both files have the context column the model was trained with)
     real = ad.read_h5ad(sim_file)
     pred = ad.read_h5ad(tmp / "additive.h5ad")
     base = ad.read_h5ad(tmp / "cell_mean.h5ad")
-    cut = real[real.obs.perturbation.isin(set(pred.obs.perturbation)).to_numpy()].copy()
-    want = evaluate(pred, cut, "perturbation", "control")
+    want = evaluate(pred, _cut(real, pred), "perturbation", "control")
+    assert len(want.by_context) == 2
     for m in VCC_METRICS:
         assert alone[m] == pytest.approx(want.summary[m], rel=1e-9, nan_ok=True)
     code, out, err = run([*ev, "--only-predicted", "--baseline", str(tmp / "cell_mean.h5ad"),
                           "--out", str(tmp / "ev2")], capsys)
     assert code == 0, err
     summary = json.loads((tmp / "ev2" / "summary.json").read_text())
-    score, parts = vcc_score(want.summary, evaluate(base, cut, "perturbation",
-                                                     "control").summary)
+    ref = evaluate(base, _cut(real, pred), "perturbation", "control")
+    per_ctx = [vcc_score(want.by_context[c].summary, ref.by_context[c].summary)
+               for c in want.by_context]  # as the benchmark: the mean of the contexts' scores
+    score = float(np.mean([v for v, _ in per_ctx]))
     assert summary["score"] == pytest.approx(score) and np.isfinite(score) and score > 0
-    assert {f"score_{m}" for m in parts} | {f"baseline_{m}" for m in VCC_METRICS} <= set(summary)
-    # a reference that predicted other conditions cannot be compared
-    other = base[base.obs.perturbation != base.obs.perturbation.iloc[0]].copy()
-    other.write_h5ad(tmp / "other.h5ad")
+    assert {f"score_{m}" for m in VCC_METRICS} | {f"baseline_{m}" for m in VCC_METRICS} <= set(
+        summary)
+    # a reference that predicted other conditions cannot be compared: here one condition
+    # (perturbation, context) fewer, its perturbation still predicted in the other context
+    drop = _one_condition(base)
+    base[~drop].copy().write_h5ad(tmp / "other.h5ad")
     code, _, err = run([*ev, "--only-predicted", "--baseline", str(tmp / "other.h5ad"),
                         "--out", str(tmp / "never")], capsys)
-    assert code == 2 and "predicts other perturbations than --pred" in err
+    assert code == 2 and "predicts other conditions than --pred" in err
+
+
+def _one_condition(a):
+    """Mask of the cells of one perturbed (perturbation, context) pair of ``a``."""
+    first = a.obs[a.obs.perturbation != "control"].iloc[0]
+    return ((a.obs.perturbation == first.perturbation) & (a.obs.context == first.context)
+            ).to_numpy()
+
+
+def _cut(real, pred):
+    """The real cells of the predicted (perturbation, context) pairs, and all controls."""
+    pairs = set(zip(pred.obs.perturbation, pred.obs.context, strict=True))
+    keep = [(p, c) in pairs or p == "control"
+            for p, c in zip(real.obs.perturbation, real.obs.context, strict=True)]
+    return real[np.array(keep)].copy()
+
+
+def test_only_predicted_keeps_conditions_not_just_perturbations(fold_models, sim_file, capsys):
+    """A prediction without one (perturbation, context) pair, its perturbation predicted in
+    the other context: --only-predicted leaves that pair's real cells out too."""
+    tmp = fold_models
+    code, _, err = run(["predict", "--model", str(tmp / "additive"), "--data", str(sim_file),
+                        "--split", str(tmp / "split.json"), "--fold", "1", "--n-cells", "30",
+                        "--include-controls", "--out", str(tmp / "full.h5ad")], capsys)
+    assert code == 0, err
+    pred = ad.read_h5ad(tmp / "full.h5ad")
+    part = pred[~_one_condition(pred)].copy()
+    part.write_h5ad(tmp / "part.h5ad")
+    code, _, err = run(["evaluate", "--pred", str(tmp / "part.h5ad"), "--real", str(sim_file),
+                        *KEYS, "--only-predicted", "--out", str(tmp / "ev_part")], capsys)
+    assert code == 0, err
+    got = json.loads((tmp / "ev_part" / "summary.json").read_text())
+    want = evaluate(part, _cut(ad.read_h5ad(sim_file), part), "perturbation", "control")
+    assert got["mae"] == pytest.approx(want.summary["mae"], rel=1e-9)
+
+
+def test_predict_split_refuses_a_model_trained_on_those_conditions(fold_models, sim_file,
+                                                                   capsys):
+    """The additive model was trained on fold 1: fold 0's held-out conditions were in its
+    training, so predicting them for scoring would score training data."""
+    tmp = fold_models
+    code, _, err = run(["predict", "--model", str(tmp / "additive"), "--data", str(sim_file),
+                        "--split", str(tmp / "split.json"), "--fold", "0",
+                        "--out", str(tmp / "leak.h5ad")], capsys)
+    assert code == 2 and "were in this model's training" in err and "--fold fold0" in err
+    assert not (tmp / "leak.h5ad").exists()
+
+
+def test_predict_split_made_with_another_context_key_is_one_line(tmp_path, fold_models,
+                                                                 sim_file, capsys):
+    """A split made without --context-key (every context 'all') and a model with one: the
+    fold's conditions are not in the data read with the model's key."""
+    data = ["--data", str(sim_file), *KEYS]
+    assert run(["split", *data, "--n-folds", "3", "--out", str(tmp_path / "flat.json")],
+               capsys)[0] == 0
+    code, _, err = run(["predict", "--model", str(fold_models / "additive"), "--data",
+                        str(sim_file), "--split", str(tmp_path / "flat.json"), "--out",
+                        str(tmp_path / "never.h5ad")], capsys)
+    assert code == 2 and "context key context" in err and "--context-key" in err, err
+    assert not (tmp_path / "never.h5ad").exists()
+
+
+def test_predict_split_with_a_model_saved_before_the_record_says_it_cannot_check(
+        tmp_path, fold_models, sim_file, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(fold_models / "additive", old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["trained_conditions"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="saved without its training conditions"):
+        code, _, err = run(["predict", "--model", str(old), "--data", str(sim_file), "--split",
+                            str(fold_models / "split.json"), "--fold", "1", "--out",
+                            str(tmp_path / "p.h5ad")], capsys)
+    assert code == 0, err

@@ -12,25 +12,50 @@ from perturbcast.repeated_warnings import WarnOnce, warning_kind
 
 
 def test_warn_once_shows_the_first_of_each_kind_per_model():
-    once = WarnOnce(ignore=((".*noise.*", FutureWarning),))
+    once = WarnOnce()
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         for fold in range(3):
             for model in ("a", "b"):
                 with once.model(model):
-                    warnings.warn(f"{model}: 'G{fold}' has no row (fold {fold}, {fold + 3} "
-                                  f"of 9)", UserWarning, stacklevel=1)
-                    warnings.warn("some noise", FutureWarning, stacklevel=1)
+                    warnings.warn(f"{model}: {fold + 3} of 9 have no row (e.g. 'G{fold}')",
+                                  UserWarning, stacklevel=1)
                     if fold == 2:
                         warnings.warn(f"{model}: a different warning", UserWarning,
                                       stacklevel=1)
     texts = [str(w.message) for w in shown]
-    assert texts == ["a: 'G0' has no row (fold 0, 3 of 9)", "b: 'G0' has no row (fold 0, 3 of 9)",
+    assert texts == ["a: 3 of 9 have no row (e.g. 'G0')", "b: 3 of 9 have no row (e.g. 'G0')",
                      "a: a different warning", "b: a different warning"]
     assert once.repeats == {"a": 2, "b": 2}
     assert "4 repeats" in once.repeats_line() and "a (2), b (2)" in once.repeats_line()
     assert WarnOnce().repeats_line() is None
-    assert warning_kind("x: 'G1' 12 of 3.5 (e.g. 'y')") == "x: … … of … …"
+
+
+def test_a_kind_keeps_quoted_names_and_drops_numbers_and_examples():
+    assert warning_kind("x: 12 of 3.5 (e.g. 'y', 'z')") == warning_kind("x: 1 of 2 (e.g. 'q')")
+    assert warning_kind("context 'K562' had none") != warning_kind("context 'HepG2' had none")
+    assert warning_kind("batch(es) ['rep1'] unseen") != warning_kind("batch(es) ['rep9'] unseen")
+    assert warning_kind("the model's 3 genes") == warning_kind("the model's 4 genes")
+
+
+def test_the_callers_filters_still_apply():
+    """An ignored warning is neither shown nor counted; an error filter raises at once, where
+    the warning is issued (the rest of the body does not run)."""
+    once = WarnOnce()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for _ in range(3):
+            with once.model("m"):
+                warnings.warn("old", DeprecationWarning, stacklevel=1)
+    assert not shown and once.repeats_line() is None
+    ran_on = []
+    with warnings.catch_warnings(), pytest.raises(UserWarning, match="stop"):
+        warnings.simplefilter("error")
+        with once.model("m"):
+            warnings.warn("stop", UserWarning, stacklevel=1)
+            ran_on.append(True)
+    assert not ran_on
 
 
 def test_benchmark_warns_once_per_model_over_folds(sim_exp):

@@ -188,10 +188,10 @@ def run_benchmark(
     timings = {m: 0.0 for m in names}
     embeddings: dict[str, str | None] = {}
     report_data = ReportData(seed=seeds[0])
-    # torch's notice to Lightning (LeafSpec), once per fit, says nothing about results; other
-    # warnings are shown once per model, not once per fold and seed
-    once = WarnOnce(ignore=((".*LeafSpec.*", FutureWarning),))
-    with progress(disable=not show_progress) as bar:
+    once = WarnOnce()  # each kind of warning once per model, not once per fold and seed
+    with progress(disable=not show_progress) as bar, warnings.catch_warnings():
+        # torch's notice to Lightning (LeafSpec), once per fit; says nothing about results
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         task = bar.add_task("benchmark", total=len(split.folds) * len(runs))
         for fold in split.folds:
             if n_top_genes is not None and n_top_genes < full.n_genes:

@@ -27,6 +27,7 @@ from .cli_options import (
     SplitFile,
     _check_out,
     _fold,
+    _held_out_conditions,
     _obs_columns,
     _read,
     err,
@@ -264,7 +265,7 @@ def predict(
                 backed, min_cells=1)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
-    conditions = ([tuple(t) for t in _fold(split_file, fold).test] if split_file is not None
+    conditions = (_held_out_conditions(split_file, fold, exp, m) if split_file is not None
                   else [(p, c) for c in ctxs for p in perts])
     from .cli_incontext import prompt_options
 

@@ -55,6 +55,31 @@ def _check_out(path: Path, overwrite: bool, is_dir: bool) -> None:
     check_output(path, overwrite, is_dir=is_dir)
 
 
+def _held_out_conditions(split_file: Path, fold: str | None, exp, model
+                         ) -> list[tuple[str, str]]:
+    """``predict --split``: the fold's held-out conditions, after checking that they exist in
+    the data (with the model's context key) and that the model was not trained on any."""
+    import warnings
+
+    chosen = _fold(split_file, fold)
+    chosen.check(exp)
+    test = [(str(p), str(c)) for p, c in chosen.test]
+    if model.trained_conditions is None:
+        warnings.warn(f"this model was saved without its training conditions, so predict "
+                      f"cannot check that fold {chosen.name!r}'s held-out conditions were "
+                      f"left out of its training; re-train it to have that check.",
+                      stacklevel=2)
+        return test
+    seen = sorted(set(test) & set(model.trained_conditions))
+    if seen:
+        raise InputError(f"fold {chosen.name!r}: {len(seen)} of its {len(test)} held-out "
+                         f"conditions were in this model's training ("
+                         f"{', '.join(f'{p} ({c})' for p, c in seen[:3])}"
+                         f"{', ...' if len(seen) > 3 else ''}); predict with a model trained "
+                         f"on this fold (train --split {split_file} --fold {chosen.name}).")
+    return test
+
+
 def _read(data, perturbation_key, control, context_key, batch_key, layer, backed=False,
           min_cells=3, drop_small_groups=False):
     from .data import read_experiment
@@ -97,13 +122,7 @@ def _read_real(path: Path, pred, perturbation_key: str, control: str,
         if perturbation_key not in real.obs or perturbation_key not in pred.obs:
             raise InputError(f"obs column {perturbation_key!r} must be in both --pred and "
                              f"--real; pass --perturbation-key with a column both files have.")
-        labels = real.obs[perturbation_key].astype(str)
-        wanted = set(pred.obs[perturbation_key].astype(str)) | {control}
-        dropped = sorted(set(labels) - wanted)
-        err.print(f"--only-predicted: scoring the {len(wanted - {control})} predicted "
-                  f"perturbations; {len(dropped)} other perturbations of {path} are left out "
-                  f"(discrimination ranks among the predicted ones only).")
-        return real[labels.isin(wanted).to_numpy()].copy()
+        return _predicted_part(real, pred, perturbation_key, control, context_key, path)
     if perturbation_key not in pred.obs:
         raise InputError(f"obs column {perturbation_key!r} not found in the predictions "
                          f"(columns: {', '.join(map(str, pred.obs.columns))}); pass "
@@ -114,3 +133,35 @@ def _read_real(path: Path, pred, perturbation_key: str, control: str,
     if ckey and ckey in pred.obs:
         keep[ckey] = set(pred.obs[ckey].astype(str))
     return store_cells(path, keep)
+
+
+def _predicted_part(real, pred, perturbation_key: str, control: str,
+                    context_key: str | None, path: Path):
+    """``evaluate --only-predicted``: the real cells of the predicted conditions, per
+    (perturbation, context) when the files are scored per context, plus the controls (of the
+    predicted contexts); announced."""
+    import numpy as np
+
+    from .eval.by_context import context_column
+
+    ckey = context_column(pred, real, context_key)
+    labels = real.obs[perturbation_key].astype(str).to_numpy()
+    is_ctrl = labels == control
+    if ckey is None:
+        wanted = set(pred.obs[perturbation_key].astype(str)) - {control}
+        keep = is_ctrl | np.isin(labels, list(wanted))
+        what = f"{len(wanted)} predicted perturbations"
+    else:
+        ctx = real.obs[ckey].astype(str).to_numpy()
+        p_lab = pred.obs[perturbation_key].astype(str).to_numpy()
+        p_ctx = pred.obs[ckey].astype(str).to_numpy()
+        wanted = set(zip(p_lab[p_lab != control], p_ctx[p_lab != control], strict=True))
+        pairs = np.array([f"{a}\t{b}" for a, b in zip(labels, ctx, strict=True)])
+        keep = np.isin(pairs, [f"{a}\t{b}" for a, b in wanted]) | (
+            is_ctrl & np.isin(ctx, list(set(p_ctx))))
+        what = f"{len(wanted)} predicted (perturbation, {ckey}) conditions"
+    n_real = len(set(labels[~is_ctrl]))
+    err.print(f"--only-predicted: scoring the {what} against {path}, which has {n_real} "
+              f"perturbations; the others are left out (discrimination ranks among the "
+              f"predicted ones only).")
+    return real[keep].copy()

@@ -57,26 +57,28 @@ def evaluate(
     _check_out(out_dir, overwrite, is_dir=True)
     from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
+    from .eval.by_context import context_column
     from .eval.report import write_csv
-    from .utils import atomic_path, write_json
+    from .utils import write_json
 
     if fdr not in ("per_perturbation", "global"):
         raise InputError(f"--fdr {fdr!r} is not one of per_perturbation, global.")
     p_adata = open_h5ad(pred, False, "--pred")
     real_adata = _read_real(real, p_adata, perturbation_key, control, context_key,
                             only_predicted)
+    ckey = context_column(p_adata, real_adata, context_key)  # one choice for both files
     res = run_eval(p_adata, real_adata, perturbation_key, control, fdr=fdr, epsilon=epsilon,
-                   context_key=context_key)
+                   context_key=ckey)
     summary = dict(res.summary)
     if baseline is not None:
         summary.update(_vcc_against(baseline, p_adata, real_adata, res, perturbation_key,
-                                    control, fdr, epsilon, context_key))
+                                    control, fdr, epsilon, ckey))
     else:
         err.print("no VCC score: it needs a reference model's predictions (--baseline, e.g. "
                   "cell_mean's for the same conditions).")
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        write_json(tmp / "summary.json", summary)
-        write_csv(res.per_perturbation.reset_index(), tmp / "per_perturbation.csv")
+    out_dir.mkdir(parents=True, exist_ok=True)  # (checked above) each file written atomically
+    write_json(out_dir / "summary.json", summary)
+    write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")
     out.print_json(json.dumps(summary, default=str))
     if res.by_context:
         err.print(f"scored per context ({len(res.by_context)}): {', '.join(res.by_context)}")
@@ -84,24 +86,37 @@ def evaluate(
 
 
 def _vcc_against(path: Path, pred, real, res, perturbation_key: str, control: str, fdr: str,
-                 epsilon: float, context_key: str | None) -> dict:
+                 epsilon: float, ckey: str | None) -> dict:
     """The VCC score of ``res`` against the reference predictions in ``path`` (the same
-    conditions as ``pred``), its parts, and the reference's own summary metrics."""
+    conditions as ``pred``), its parts, and the reference's own summary metrics. Scored per
+    context (``ckey``), the score is the mean of the contexts' scores, as in a benchmark."""
+    import numpy as np
+
     from .data.reading import open_h5ad
     from .eval import evaluate as run_eval
     from .eval.evaluate import VCC_METRICS, vcc_score
 
     base = open_h5ad(path, False, "--baseline")
-    if perturbation_key in base.obs and perturbation_key in pred.obs:
-        mine, theirs = (set(a.obs[perturbation_key].astype(str)) for a in (pred, base))
-        if mine != theirs:
-            raise InputError(f"--baseline {path} predicts other perturbations than --pred "
-                             f"({len(theirs - mine)} extra, {len(mine - theirs)} missing); "
-                             f"predict the same conditions with the reference model.")
+    cols = [perturbation_key] + ([ckey] if ckey else [])
+    missing = [c for c in cols if c not in base.obs]
+    if missing:
+        raise InputError(f"--baseline {path} has no obs column {missing[0]!r}, which --pred is "
+                         f"scored by; predict the same conditions with the reference model.")
+    mine, theirs = (set(map(tuple, a.obs[cols].astype(str).to_numpy().tolist()))
+                    for a in (pred, base))
+    if mine != theirs:
+        raise InputError(f"--baseline {path} predicts other conditions than --pred "
+                         f"({len(theirs - mine)} extra, {len(mine - theirs)} missing, by "
+                         f"{' and '.join(cols)}); predict the same conditions with the "
+                         f"reference model.")
     b_res = run_eval(base, real, perturbation_key, control, fdr=fdr, epsilon=epsilon,
-                     context_key=context_key)
-    score, parts = vcc_score(res.summary, b_res.summary)
-    return {"score": score, **{f"score_{m}": v for m, v in parts.items()},
+                     context_key=ckey)
+    pairs = ([(res.by_context[c].summary, b_res.by_context[c].summary) for c in res.by_context]
+             if res.by_context else [(res.summary, b_res.summary)])
+    scored = [vcc_score(u, b) for u, b in pairs]
+    parts = {m: float(np.mean([p[m] for _, p in scored])) for m in VCC_METRICS}
+    return {"score": float(np.mean([v for v, _ in scored])),
+            **{f"score_{m}": v for m, v in parts.items()},
             **{f"baseline_{m}": b_res.summary[m] for m in VCC_METRICS}, "baseline": str(path)}
 
 

@@ -2,8 +2,12 @@
 
 A benchmark fits each model on every fold (and seed), and a warning about the model's input
 (e.g. "the built-in gene table has no row for ...; using embeddings='train'") comes back on
-every fit with other counts and examples. :class:`WarnOnce` lets the first of each kind
-through and counts the rest; :meth:`WarnOnce.repeats_line` says how many were not shown.
+every fit with other counts and examples. :class:`WarnOnce` shows the first of each kind
+and counts the rest; :meth:`WarnOnce.repeats_line` says how many were not shown.
+
+It sits where Python shows a warning (``warnings.showwarning``), after the filters: a warning
+the caller's filters ignore is neither shown nor counted, one they turn into an error raises
+where it is issued, and the first of each kind is shown at once, not after the fit.
 """
 
 from __future__ import annotations
@@ -14,45 +18,44 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Numbers and quoted names: what changes between repeats of one warning.
-_DETAIL = re.compile(r"\d+(\.\d+)?|'[^']*'|\([^()]*\)")
+#: What changes between repeats of one warning: its numbers (outside quoted names) and its
+#: examples ("(e.g. ...)"). Quoted names (a context, a batch) keep two warnings apart.
+_EXAMPLES = re.compile(r"\(e\.g\.[^()]*\)|e\.g\. '[^']*'")
+_QUOTED_OR_NUMBER = re.compile(r"('[^']*')|\d+(?:\.\d+)?")
 
 
 def warning_kind(message: str) -> str:
-    """The text of a warning without its numbers, quoted names and bracketed details."""
-    return _DETAIL.sub("…", message)
+    """The text of a warning without its examples and the numbers outside quoted names."""
+    text = _EXAMPLES.sub("(e.g. …)", message)
+    return _QUOTED_OR_NUMBER.sub(lambda m: m.group(1) or "…", text)
 
 
 class WarnOnce:
-    """Collects the warnings of fits: the first of each (model, category, kind) is shown,
-    later ones are counted."""
+    """Shows the first warning of each (model, category, kind) and counts the later ones."""
 
-    def __init__(self, ignore: tuple[tuple[str, type[Warning]], ...] = ()) -> None:
-        self.ignore = ignore
+    def __init__(self) -> None:
         self.repeats: Counter[str] = Counter()
         self._seen: set[tuple[str, type[Warning], str]] = set()
 
     @contextmanager
     def model(self, name: str) -> Iterator[None]:
-        """Record the warnings raised in the body and show the new kinds for ``name``."""
-        caught: list[warnings.WarningMessage] = []
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                for message, category in self.ignore:
-                    warnings.filterwarnings("ignore", message=message, category=category)
-                yield
-        finally:  # outside the recording: shown under the caller's filters
-            self._replay(name, caught)
+        """Within the body, warnings of a kind already shown for ``name`` are counted, not
+        shown."""
+        shown = warnings.showwarning
 
-    def _replay(self, name: str, caught: list[warnings.WarningMessage]) -> None:
-        for w in caught:
-            key = (name, w.category, warning_kind(str(w.message)))
+        def show_new(message, category, filename, lineno, file=None, line=None):
+            key = (name, category, warning_kind(str(message)))
             if key in self._seen:
                 self.repeats[name] += 1
-                continue
+                return
             self._seen.add(key)
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno or 0)
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_new
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     def repeats_line(self) -> str | None:
         """One line on the warnings not shown again, or None when there were none."""

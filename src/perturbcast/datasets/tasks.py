@@ -134,7 +134,7 @@ def task_path(task: Task, data: str | os.PathLike | None) -> Path | None:
     if data is None:
         return find_task_file(task)
     path = Path(data)
-    if path.exists() or path.parent != Path("."):
+    if path.exists() or any(sep in str(data) for sep in ("/", os.sep)):
         return path
     found = [d / path for d in data_dirs() if (d / path).exists()]
     return found[0].resolve() if found else path

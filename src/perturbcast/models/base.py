@@ -60,6 +60,8 @@ class PerturbationModel(ABC):
         self.vocabulary: list[str] = []
         self.contexts: list[str] = []
         self.keys: dict[str, Any] = {}
+        #: the (perturbation, context) pairs of the training cells (controls left out)
+        self.trained_conditions: list[tuple[str, str]] | None = None
 
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
@@ -84,6 +86,9 @@ class PerturbationModel(ABC):
         self.genes = exp.genes.copy()
         self.vocabulary = sorted(set(exp.perturbations[mask]) - {exp.control})
         self.contexts = sorted(set(exp.contexts[mask]))
+        pairs = pd.DataFrame({"p": exp.perturbations[mask], "c": exp.contexts[mask]})
+        self.trained_conditions = sorted(map(tuple, pairs[pairs.p != exp.control]
+                                             .drop_duplicates().to_numpy().tolist()))
         self.keys = {"perturbation_key": exp.perturbation_key, "control": exp.control,
                      "context_key": exp.context_key, "batch_key": exp.batch_key,
                      "separator": exp.separator, "normalization": exp.normalization}
@@ -177,7 +182,8 @@ class PerturbationModel(ABC):
         with atomic_path(path, is_dir=True) as tmp:
             config = {"format_version": FORMAT_VERSION, "model": self.name, "seed": self.seed,
                       "params": self.params, "genes": self.genes.tolist(),
-                      "vocabulary": self.vocabulary, "contexts": self.contexts, "keys": self.keys}
+                      "vocabulary": self.vocabulary, "contexts": self.contexts, "keys": self.keys,
+                      "trained_conditions": self.trained_conditions}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             np.savez(tmp / "state.npz", **self._state())
             self._save_extra(tmp)
@@ -199,6 +205,8 @@ class PerturbationModel(ABC):
         model.vocabulary = list(config["vocabulary"])
         model.contexts = list(config["contexts"])
         model.keys = dict(config["keys"])
+        if "trained_conditions" in config:  # models saved before it was recorded: None
+            model.trained_conditions = [tuple(c) for c in config["trained_conditions"]]
         with np.load(path / "state.npz", allow_pickle=True) as state:
             model._set_state({k: state[k] for k in state.files})
         model._load_extra(path)
