@@ -251,6 +251,8 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
         warnings.filterwarnings("ignore", ".*GPU available.*|.*TPU available.*")
         # no validation cells: the models say so themselves (what it means: no early stop)
         warnings.filterwarnings("ignore", ".*validation_step.*no .val_dataloader.*")
+        # torch's deprecation notice to Lightning's own code; says nothing about the run
+        warnings.filterwarnings("ignore", ".*LeafSpec.*", category=FutureWarning)
         try:
             with lightning_handles_sigterm():
                 trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
