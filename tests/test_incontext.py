@@ -206,6 +206,12 @@ def test_cli_train_predict_with_prompt_and_embed(tmp_path, ic_exp):
                       str(tmp_path / "emb.h5ad")])
     assert ad.read_h5ad(tmp_path / "emb.h5ad").obsm["X_perturbcast"].shape == (ic_exp.n_cells,
                                                                                64)
+    before = (tmp_path / "emb.h5ad").stat().st_mtime_ns  # a second run needs --overwrite
+    assert 2 == _run(["embed", "--model", str(tmp_path / "m"), "--data", str(data), "--out",
+                      str(tmp_path / "emb.h5ad")])
+    assert (tmp_path / "emb.h5ad").stat().st_mtime_ns == before
+    assert 0 == _run(["embed", "--model", str(tmp_path / "m"), "--data", str(data), "--out",
+                      str(tmp_path / "emb.h5ad"), "--overwrite"])
     code = _run(["predict", "--model", str(tmp_path / "m"), "--data", str(data),
                  "--perturbations", "G0013", "--prompt-filter", "oops", "--out",
                  str(tmp_path / "bad.h5ad")])

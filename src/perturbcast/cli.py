@@ -270,8 +270,8 @@ def predict(
     from .cli_incontext import prompt_options
 
     options = prompt_options(m, prompt, prompt_filter)
-    pred = m.predict(exp, conditions, n_cells=n_cells,
-                     include_controls=include_controls, **options)
+    pred = m.predict(exp, conditions, n_cells=n_cells, include_controls=include_controls,
+                     **options)
     with atomic_path(out_file) as tmp:
         pred.write_h5ad(tmp)
     err.print(f"wrote {out_file}: {pred.n_obs} cells x {pred.n_vars} genes")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .cli_options import Overwrite, _check_out
 from .errors import InputError
 
 err = Console(stderr=True)
@@ -40,12 +41,15 @@ def embed(
     data: Annotated[Path, typer.Option("--data", help=".h5ad with cells to embed.")],
     out_file: Annotated[Path, typer.Option("--out", help=".h5ad to write (the input with "
                                            "obsm['X_perturbcast']).")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Embed cells with an incontext model: writes obsm['X_perturbcast']."""
     import anndata as ad
 
     from .models.base import PerturbationModel
     from .utils import atomic_path
+
+    _check_out(out_file, overwrite, is_dir=False)
 
     m = PerturbationModel.load(model_dir)
     if not hasattr(m, "embed"):
