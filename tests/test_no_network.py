@@ -63,25 +63,16 @@ def test_the_block_works(no_network):
     no_network.clear()
 
 
-@pytest.fixture(scope="module")
-def data(sim_adata, tmp_path_factory):
-    path = tmp_path_factory.mktemp("offline") / "sim.h5ad"
-    a = sim_adata.copy()
-    del a.uns["true_effects"]
-    a.write_h5ad(path)
-    return path
-
-
-def test_benchmark_and_report_offline(no_network, data, tmp_path):
-    _run(["benchmark", "--data", str(data), *KEYS, "--split", "combo", "--n-folds", "2",
+def test_benchmark_and_report_offline(no_network, sim_file, tmp_path):
+    _run(["benchmark", "--data", str(sim_file), *KEYS, "--split", "combo", "--n-folds", "2",
           "--models", "additive,linear,transition", *TINY, "--param", "base=none",
           "--param", "shrink=1", "--out", str(tmp_path / "b")])  # train: the default fall-back
     assert (tmp_path / "b" / "report.html").stat().st_size > 10_000
 
 
-def test_training_offline(no_network, data, tmp_path):
-    _run(["train", "--data", str(data), *KEYS, "--model", "flow", *TINY,
+def test_training_offline(no_network, sim_file, tmp_path):
+    _run(["train", "--data", str(sim_file), *KEYS, "--model", "flow", *TINY,
           "--out", str(tmp_path / "flow")])
-    _run(["predict", "--model", str(tmp_path / "flow"), "--data", str(data), "--contexts",
+    _run(["predict", "--model", str(tmp_path / "flow"), "--data", str(sim_file), "--contexts",
           "ctx0", "--n-cells", "10", "--out", str(tmp_path / "pred.h5ad")])
     assert (tmp_path / "pred.h5ad").exists()
