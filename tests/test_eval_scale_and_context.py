@@ -129,6 +129,44 @@ def test_scores_per_perturbation_and_context(sim_adata, sim_exp):
     assert len(pooled.per_perturbation) < len(table)
 
 
+def test_references_are_built_once_and_give_the_same_scores(sim_exp, monkeypatch):
+    """A references dict kept between two predictions builds each context's real side once
+    (``evaluate --baseline`` scores two predictions against one real file), with the scores of
+    evaluating each prediction on its own."""
+    import sys
+
+    import perturbcast.eval.by_context as by_context
+
+    ev = sys.modules["perturbcast.eval.evaluate"]  # the package's `evaluate` is the function
+
+    fold = make_split(sim_exp, "unseen-perturbation", n_folds=3, seed=0).folds[0]
+    real = sim_exp.subset(fold.test_mask(sim_exp) | sim_exp.is_control).adata
+    preds = [get_model(m).fit(sim_exp, fold.train_mask(sim_exp)).predict(
+        sim_exp, fold.test, n_cells=30, include_controls=True)
+        for m in ("perturbation_mean", "cell_mean")]
+    alone = [evaluate(p, real, "perturbation", "control") for p in preds]
+    built = []
+
+    class Counting(ev.Reference):
+        def __post_init__(self):
+            built.append(1)
+            super().__post_init__()
+
+    monkeypatch.setattr(by_context, "Reference", Counting)
+    monkeypatch.setattr(ev, "Reference", Counting)
+    refs: dict = {}
+    shared = [evaluate(p, real, "perturbation", "control", references=refs) for p in preds]
+    assert len(built) == 2 and len(refs) == 2  # two contexts, built for the first pred only
+    for a, b in zip(alone, shared, strict=True):
+        assert a.summary == pytest.approx(b.summary, nan_ok=True)
+    pooled = [ad.AnnData(p.X, obs=p.obs[["perturbation"]], var=p.var, uns=p.uns) for p in preds]
+    flat = ad.AnnData(real.X, obs=real.obs[["perturbation"]], var=real.var)
+    refs, built[:] = {}, []
+    for p in pooled:
+        evaluate(p, flat, "perturbation", "control", references=refs)
+    assert len(built) == 1 and len(refs) == 1
+
+
 def test_evaluate_one_predicted_context_against_a_whole_file_or_store(sim_adata, sim_exp,
                                                                       tmp_path, capsys):
     """A held-out context predicted alone is scored against the full real file (the other

@@ -29,6 +29,7 @@ from .cli_options import (
     _fold,
     _held_out_conditions,
     _obs_columns,
+    _print_choices,
     _read,
     err,
 )
@@ -209,16 +210,7 @@ def train(
     shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
               f"{len(m.vocabulary)} training perturbations)")
-    if getattr(m, "base_name", "none") != "none" or getattr(m, "shrink", 1.0) != 1.0:
-        s = m.training_summary
-        err.print(f"{model}: base {m.base_name} (base={m.params['base']}), keeps "
-                  f"{m.shrink:g} of its correction over it (shrink={m.params['shrink']}"
-                  + (f", chosen on {s.get('shrink_held_out', 0)} held-out training conditions"
-                     if str(m.params["shrink"]).startswith("auto") else "") + ")")
-    weights = getattr(m, "training_summary", {}).get("blend_weights")
-    if weights:  # blend, or a learned model on the blend base
-        err.print(f"{model}: blend weights {weights} (learned on "
-                  f"{m.training_summary.get('inner_unit')} inner folds of the training cells)")
+    _print_choices(model, m)
 
 
 @app.command()

@@ -165,3 +165,18 @@ def _predicted_part(real, pred, perturbation_key: str, control: str,
               f"perturbations; the others are left out (discrimination ranks among the "
               f"predicted ones only).")
     return real[keep].copy()
+
+
+def _print_choices(name: str, m) -> None:
+    """After ``train``: the base and the share of the correction a model chose, and blend
+    weights (blend, or a learned model on the blend base)."""
+    if getattr(m, "base_name", "none") != "none" or getattr(m, "shrink", 1.0) != 1.0:
+        s = m.training_summary
+        err.print(f"{name}: base {m.base_name} (base={m.params['base']}), keeps "
+                  f"{m.shrink:g} of its correction over it (shrink={m.params['shrink']}"
+                  + (f", chosen on {s.get('shrink_held_out', 0)} held-out training conditions"
+                     if str(m.params["shrink"]).startswith("auto") else "") + ")")
+    weights = getattr(m, "training_summary", {}).get("blend_weights")
+    if weights:
+        err.print(f"{name}: blend weights {weights} (learned on "
+                  f"{m.training_summary.get('inner_unit')} inner folds of the training cells)")

@@ -67,12 +67,13 @@ def evaluate(
     real_adata = _read_real(real, p_adata, perturbation_key, control, context_key,
                             only_predicted)
     ckey = context_column(p_adata, real_adata, context_key)  # one choice for both files
+    refs: dict = {}  # the real side (DE tables), built once for --pred and --baseline
     res = run_eval(p_adata, real_adata, perturbation_key, control, fdr=fdr, epsilon=epsilon,
-                   context_key=ckey)
+                   context_key=ckey, references=refs)
     summary = dict(res.summary)
     if baseline is not None:
         summary.update(_vcc_against(baseline, p_adata, real_adata, res, perturbation_key,
-                                    control, fdr, epsilon, ckey))
+                                    control, fdr, epsilon, ckey, refs))
     else:
         err.print("no VCC score: it needs a reference model's predictions (--baseline, e.g. "
                   "cell_mean's for the same conditions).")
@@ -86,7 +87,7 @@ def evaluate(
 
 
 def _vcc_against(path: Path, pred, real, res, perturbation_key: str, control: str, fdr: str,
-                 epsilon: float, ckey: str | None) -> dict:
+                 epsilon: float, ckey: str | None, refs: dict | None = None) -> dict:
     """The VCC score of ``res`` against the reference predictions in ``path`` (the same
     conditions as ``pred``), its parts, and the reference's own summary metrics. Scored per
     context (``ckey``), the score is the mean of the contexts' scores, as in a benchmark."""
@@ -110,7 +111,7 @@ def _vcc_against(path: Path, pred, real, res, perturbation_key: str, control: st
                          f"{' and '.join(cols)}); predict the same conditions with the "
                          f"reference model.")
     b_res = run_eval(base, real, perturbation_key, control, fdr=fdr, epsilon=epsilon,
-                     context_key=ckey)
+                     context_key=ckey, references=refs)
     pairs = ([(res.by_context[c].summary, b_res.by_context[c].summary) for c in res.by_context]
              if res.by_context else [(res.summary, b_res.summary)])
     scored = [vcc_score(u, b) for u, b in pairs]

@@ -47,8 +47,12 @@ def context_column(pred: ad.AnnData, real: ad.AnnData, context_key: str | None) 
 
 def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: str,
                         control: str, context_key: str, fdr: FdrMode = "per_perturbation",
-                        epsilon: float = 0.0, edistance: bool = True) -> EvalResult:
+                        epsilon: float = 0.0, edistance: bool = True,
+                        references: dict | None = None) -> EvalResult:
     """Evaluate each context of ``real`` separately (see the module docstring).
+
+    ``references``: a dict that keeps each context's :class:`Reference` (its DE tables) for the
+    next call with the same ``real``, e.g. a second model's predictions; filled when empty.
 
     Returns an EvalResult whose ``per_perturbation`` has one row per (perturbation, context)
     (a ``context`` column first), ``summary`` the mean over those rows and ``by_context`` the
@@ -74,7 +78,10 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
     tables, results, by_context = [], [], {}
     for ctx in sorted(set(rctx) & set(pctx)):
         try:
-            ref = Reference(real[rctx == ctx], perturbation_key, control, fdr, epsilon, target)
+            ref = _reference(references, (ctx, target, context_key, perturbation_key, control,
+                                          fdr, epsilon),
+                             lambda c=ctx: Reference(real[rctx == c], perturbation_key, control,
+                                               fdr, epsilon, target))
             check_same_scale(pred_norm, ref.scale, ref.target_sum, ref.normalization)
             res, de_pred = score(pred[pctx == ctx], ref, edistance)
         except InputError as exc:
@@ -88,3 +95,12 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
                                                           if c not in ("perturbation",
                                                                        "context")]]]
     return EvalResult(table, summarise(results), None, None, by_context)
+
+
+def _reference(cache: dict | None, key: tuple, build) -> Reference:
+    """``cache[key]``, built with ``build()`` on first use (no cache: always built)."""
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]

@@ -144,6 +144,7 @@ def evaluate(
     edistance: bool = True,
     epsilon: float = 0.0,
     context_key: str | None = None,
+    references: dict | None = None,
 ) -> EvalResult:
     """Score predicted cells against real cells with cell-eval's metrics.
 
@@ -160,6 +161,8 @@ def evaluate(
     context_key : obs column of contexts in both files: each context is scored on its own
         cells and controls. Default: the predictions' recorded context key, or ``context``,
         when both files have it; otherwise contexts are pooled (cell-eval).
+    references : a dict kept between calls with the same ``real`` (e.g. a model and its
+        reference model): the real side (DE tables) is built once and reused
 
     Returns
     -------
@@ -176,9 +179,14 @@ def evaluate(
         ckey = context_column(pred, real, context_key)
         if ckey is not None:
             return evaluate_by_context(pred, real, perturbation_key, control, ckey, fdr,
-                                       epsilon, edistance)
-        real = Reference(real, perturbation_key, control, fdr, epsilon,
-                         target_sum_for(pred_norm, real))
+                                       epsilon, edistance, references)
+        from .by_context import _reference
+
+        adata, target = real, target_sum_for(pred_norm, real)
+        real = _reference(references, (None, target, None, perturbation_key, control, fdr,
+                                       epsilon),
+                          lambda: Reference(adata, perturbation_key, control, fdr, epsilon,
+                                            target))
     check_same_scale(pred_norm, real.scale, real.target_sum, real.normalization)
     res, de_pred = score(pred, real, edistance)
     return EvalResult(result_table(res, real.perts), summarise([res]), real.de, de_pred)
