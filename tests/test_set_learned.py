@@ -101,12 +101,14 @@ def test_residual_model_saves_and_loads(shift_exp, tmp_path):
     assert after.uns["perturbcast"]["spread"] == before.uns["perturbcast"]["spread"]
 
 
-def test_auto_base_never_reads_the_test_fold(sim_adata):
-    """Poisoning the test fold's expression leaves the choice and its inner errors unchanged."""
+@pytest.mark.parametrize("rule", ["error", "parity_score"])
+def test_auto_base_never_reads_the_test_fold(sim_adata, rule):
+    """Poisoning the test fold's expression leaves the choice and its inner errors (and, with
+    ``base_rule=parity_score``, its inner scores) unchanged."""
     exp = read_experiment(sim_adata, "perturbation", "control", context_key="context")
     fold = make_split(exp, "combo", n_folds=2, seed=0).folds[0]
     train = fold.train_mask(exp)
-    params = {**FAST, "max_steps": 0, "base": "auto", "embeddings": "none"}
+    params = {**FAST, "max_steps": 0, "base": "auto", "embeddings": "none", "base_rule": rule}
     clean = get_model("transition", **params).fit(exp, train).training_summary
     poisoned = sim_adata.copy()
     rng = np.random.default_rng(0)
@@ -119,6 +121,9 @@ def test_auto_base_never_reads_the_test_fold(sim_adata):
     assert clean["base"] == dirty["base"] and clean["base"] != "none"
     assert clean["inner_error"] == dirty["inner_error"]
     assert clean["inner_unit"] == "combo"  # combos held out, their singles kept
+    assert clean["base_rule"] == rule
+    assert clean.get("inner_score") == dirty.get("inner_score")
+    assert ("inner_score" in clean) == (rule == "parity_score")
 
 
 def test_base_must_be_a_baseline_with_a_delta():

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from ..data.experiment import Experiment
+from .base_rule import check_rule
 from .set_residual import Condition, check_base, check_inner, choose_base, fit_chosen_base
 from .set_shrink import AUTO, check_shrink, choose_shrink, shrink_change
 
 
 class BaseFallback:
     """Mixin for a :class:`~perturbcast.models.base.PerturbationModel` whose ``params`` hold
-    ``base``, ``shrink``, ``inner_unit`` and ``inner_folds``."""
+    ``base``, ``base_rule``, ``shrink``, ``inner_unit`` and ``inner_folds``."""
 
     base_name: str = "none"
     base_model: Any = None
@@ -33,6 +34,7 @@ class BaseFallback:
     def _init_fallback(self) -> None:
         """Check ``base`` and ``shrink`` (call from ``__init__``, after ``params`` are set)."""
         check_base(self.params["base"])
+        check_rule(self.params.setdefault("base_rule", "error"), self.name)
         check_inner(self.params["inner_unit"], self.params["inner_folds"], self.name)
         self.params["shrink"] = check_shrink(self.params["shrink"])
         self.shrink = 1.0 if self.params["shrink"] in AUTO else self.params["shrink"]
@@ -46,7 +48,8 @@ class BaseFallback:
         the summary for ``training_summary``."""
         p = self.params
         self.base_name, oof, summary = choose_base(p["base"], exp, mask, cond_keys,
-                                                   p["inner_unit"], p["inner_folds"], self.seed)
+                                                   p["inner_unit"], p["inner_folds"], self.seed,
+                                                   p["base_rule"])
         self.base_model = fit_chosen_base(self.base_name, exp, mask, self.seed, summary,
                                           p["inner_folds"])
         return oof, summary

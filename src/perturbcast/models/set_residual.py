@@ -32,9 +32,11 @@ and 0.143 (transition) with singles held out, 0.186 and 0.248 with ``combo`` (ad
 ``base=auto`` picks, among ``none`` and the baselines with a delta (``blend`` included: its
 out-of-fold deltas are its members', each inner fold blended with weights fitted on the other
 folds, see :mod:`~perturbcast.models.blend_baseline`), the one whose out-of-fold
-deltas have the smallest squared error against the training conditions' real deltas, averaged
-over :data:`BASE_REPEATS` random assignments of the conditions to inner folds (the bases are
-fitted on condition means, so repeats cost little; with ~20 training perturbations one
+deltas have the smallest squared error against the training conditions' real deltas
+(``base_rule=error``; ``parity_score`` first keeps the candidates tied with the best on error
+and correlation, then takes the best VCC-like score, see :mod:`~perturbcast.models.base_rule`),
+averaged over :data:`BASE_REPEATS` random assignments of the conditions to inner folds (the
+bases are fitted on condition means, so repeats cost little; with ~20 training perturbations one
 assignment's choice changed with the seed: on papalexi21_unseen four different bases over
 the 15 fits of 5 folds x 3 seeds). The network trains on the first assignment's out-of-fold
 deltas. Only training cells are read: the test fold never enters the choice.
@@ -43,12 +45,14 @@ deltas. Only training cells are read: the test fold never enters the choice.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..data.experiment import Experiment
 from ..errors import InputError
+from .base_rule import InnerBaseTable, rule_choice, vcc_like
 from .blend_baseline import MEMBERS as BLEND_MEMBERS
 from .blend_baseline import cross_fitted_blend, nnls_weights, normal_equations
 
@@ -185,12 +189,14 @@ def out_of_fold_deltas(name: str, exp: Experiment, mask: np.ndarray,
 
 
 def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Condition],
-                unit_spec: str, n_folds: int, seed: int) -> tuple[str, np.ndarray, dict[str, Any]]:
+                unit_spec: str, n_folds: int, seed: int, rule: str = "error"
+                ) -> tuple[str, np.ndarray, dict[str, Any]]:
     """Resolve ``base=spec`` on the training cells.
 
     Returns the base name (``"none"`` for no base), the out-of-fold base deltas of the training
     conditions (n_conditions, n_genes; zeros for none) and a summary for ``training_summary``
     (choice, inner unit and folds, each candidate's squared error on the held-out conditions;
+    ``rule``: see :mod:`~perturbcast.models.base_rule`;
     with ``blend`` a candidate, its weights pooled over the assignments, ``blend_member_weights``,
     which :func:`fit_chosen_base` uses).
     """
@@ -211,39 +217,62 @@ def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Co
         warnings.warn(f"base={spec}: a single training condition cannot be held out, so its "
                       "base delta is the in-sample one.", stacklevel=3)
     candidates = base_names() if spec == "auto" else [spec]
+    if spec not in ("auto", "blend") or not held_out:
+        assignments = assignments[:1]
+    inner = inner_base_table(exp, mask, cond_keys, candidates, assignments, seed, held_out)
+    chosen = rule_choice(inner.table, rule) if spec == "auto" else spec
+    summary.update(base=chosen, inner_repeats=len(assignments),
+                   inner_error={k: round(v, 6) for k, v in inner.table.mean("sq_error").items()})
+    if spec == "auto":
+        summary["base_rule"] = rule
+    if rule != "error" and spec == "auto":
+        summary["inner_score"] = {k: round(v, 4) for k, v in vcc_like(inner.table).items()}
+    if inner.gram is not None:
+        weights = nnls_weights(inner.gram, inner.rhs)
+        summary["blend_member_weights"] = {m: float(w) for m, w in zip(BLEND_MEMBERS, weights,
+                                                                       strict=True)}
+    return chosen, inner.first.get(chosen, zeros), summary
+
+
+@dataclass
+class InnerBases:
+    """What :func:`inner_base_table` computed: the statistics per candidate and held-out
+    condition, the first assignment's out-of-fold deltas per candidate (the network trains on
+    them), and blend's pooled normal equations (None without blend)."""
+
+    table: InnerBaseTable
+    first: dict[str, np.ndarray]
+    gram: np.ndarray | None = None
+    rhs: np.ndarray | None = None
+
+
+def inner_base_table(exp: Experiment, mask: np.ndarray, cond_keys: list[Condition],
+                     candidates: list[str], assignments: list[np.ndarray], seed: int,
+                     held_out: bool = True) -> InnerBases:
+    """Score ``none`` and every candidate base on the held-out training conditions of each
+    inner-fold assignment (:func:`inner_assignments`); only training cells are read."""
     blend = "blend" in candidates and held_out  # blended from its members' deltas
     fitted = [n for n in candidates if n != "blend" or not blend]
     fitted += [m for m in BLEND_MEMBERS if blend and m not in fitted]
     exp = _MeansOnly(exp, mask)
     real = real_deltas(exp, mask, cond_keys)
-    scored = folds >= 0 if held_out else np.ones(folds.size, bool)
-    if spec not in ("auto", "blend") or not held_out:
-        assignments = assignments[:1]
-    errors: dict[str, list[float]] = {name: [] for name in candidates}
-    oof: dict[str, np.ndarray] = {}
-    gram, rhs = 0.0, 0.0
+    scored = assignments[0] >= 0 if held_out else np.ones(len(cond_keys), bool)
+    contexts = np.array([c for _, c in cond_keys])[scored]
+    out = InnerBases(InnerBaseTable(), {})
     for r, fold_ids in enumerate(assignments):
-        deltas = {name: out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
-                  for name in fitted}
+        deltas = {"none": np.zeros_like(real)}
+        deltas.update({name: out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
+                       for name in fitted})
         if blend:
             members = np.stack([deltas[m] for m in BLEND_MEMBERS])
             deltas["blend"] = cross_fitted_blend(members, real, fold_ids)
             g, b = normal_equations(members[:, fold_ids >= 0], real[fold_ids >= 0])
-            gram, rhs = gram + g, rhs + b
+            out.gram, out.rhs = (g, b) if out.gram is None else (out.gram + g, out.rhs + b)
         if r == 0:
-            oof = deltas
-        for name in candidates:
-            errors[name].append(float(((deltas[name] - real)[scored] ** 2).sum(1).mean()))
-    scores = {"none": float((real[scored] ** 2).sum(1).mean()),
-              **{name: float(np.mean(v)) for name, v in errors.items()}}
-    chosen = min(scores, key=scores.get) if spec == "auto" else spec
-    summary.update(base=chosen, inner_repeats=len(assignments),
-                   inner_error={k: round(v, 6) for k, v in scores.items()})
-    if blend:
-        weights = nnls_weights(gram, rhs)
-        summary["blend_member_weights"] = {m: float(w) for m, w in zip(BLEND_MEMBERS, weights,
-                                                                       strict=True)}
-    return chosen, oof.get(chosen, zeros), summary
+            out.first = deltas
+        for name in ("none", *candidates):
+            out.table.add(name, deltas[name][scored], real[scored], contexts)
+    return out
 
 
 def fit_chosen_base(name: str, exp: Experiment, mask: np.ndarray, seed: int,
