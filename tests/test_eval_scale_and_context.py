@@ -130,15 +130,16 @@ def test_scores_per_perturbation_and_context(sim_adata, sim_exp):
 
 
 def test_references_are_built_once_and_give_the_same_scores(sim_exp, monkeypatch):
-    """A references dict kept between two predictions builds each context's real side once
+    """A ReferenceCache kept between two predictions builds each context's real side once
     (``evaluate --baseline`` scores two predictions against one real file), with the scores of
-    evaluating each prediction on its own."""
+    evaluating each prediction on its own; another setting builds anew; another real object is
+    refused."""
     import sys
 
     import perturbcast.eval.by_context as by_context
+    from perturbcast.eval import ReferenceCache
 
     ev = sys.modules["perturbcast.eval.evaluate"]  # the package's `evaluate` is the function
-
     fold = make_split(sim_exp, "unseen-perturbation", n_folds=3, seed=0).folds[0]
     real = sim_exp.subset(fold.test_mask(sim_exp) | sim_exp.is_control).adata
     preds = [get_model(m).fit(sim_exp, fold.train_mask(sim_exp)).predict(
@@ -154,14 +155,18 @@ def test_references_are_built_once_and_give_the_same_scores(sim_exp, monkeypatch
 
     monkeypatch.setattr(by_context, "Reference", Counting)
     monkeypatch.setattr(ev, "Reference", Counting)
-    refs: dict = {}
+    refs = ReferenceCache()
     shared = [evaluate(p, real, "perturbation", "control", references=refs) for p in preds]
     assert len(built) == 2 and len(refs) == 2  # two contexts, built for the first pred only
     for a, b in zip(alone, shared, strict=True):
         assert a.summary == pytest.approx(b.summary, nan_ok=True)
+    evaluate(preds[0], real, "perturbation", "control", references=refs, epsilon=0.5)
+    assert len(built) == 4 and len(refs) == 4  # another setting: its own references
+    with pytest.raises(ValueError, match="another real AnnData"):
+        evaluate(preds[0], real.copy(), "perturbation", "control", references=refs)
     pooled = [ad.AnnData(p.X, obs=p.obs[["perturbation"]], var=p.var, uns=p.uns) for p in preds]
     flat = ad.AnnData(real.X, obs=real.obs[["perturbation"]], var=real.var)
-    refs, built[:] = {}, []
+    refs, built[:] = ReferenceCache(), []
     for p in pooled:
         evaluate(p, flat, "perturbation", "control", references=refs)
     assert len(built) == 1 and len(refs) == 1

@@ -67,7 +67,9 @@ def evaluate(
     real_adata = _read_real(real, p_adata, perturbation_key, control, context_key,
                             only_predicted)
     ckey = context_column(p_adata, real_adata, context_key)  # one choice for both files
-    refs: dict = {}  # the real side (DE tables), built once for --pred and --baseline
+    from .eval.evaluate import ReferenceCache
+
+    refs = ReferenceCache()  # the real side (DE tables), built once for --pred and --baseline
     res = run_eval(p_adata, real_adata, perturbation_key, control, fdr=fdr, epsilon=epsilon,
                    context_key=ckey, references=refs)
     summary = dict(res.summary)
@@ -87,7 +89,7 @@ def evaluate(
 
 
 def _vcc_against(path: Path, pred, real, res, perturbation_key: str, control: str, fdr: str,
-                 epsilon: float, ckey: str | None, refs: dict | None = None) -> dict:
+                 epsilon: float, ckey: str | None, refs=None) -> dict:
     """The VCC score of ``res`` against the reference predictions in ``path`` (the same
     conditions as ``pred``), its parts, and the reference's own summary metrics. Scored per
     context (``ckey``), the score is the mean of the contexts' scores, as in a benchmark."""

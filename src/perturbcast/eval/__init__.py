@@ -7,6 +7,7 @@ from .evaluate import (
     VCC_METRICS,
     EvalResult,
     Reference,
+    ReferenceCache,
     evaluate,
     vcc_score,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "DEResult",
     "EvalResult",
     "Reference",
+    "ReferenceCache",
     "differential_expression",
     "evaluate",
     "mann_whitney_u",

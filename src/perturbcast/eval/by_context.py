@@ -11,13 +11,14 @@ real data must hold the same perturbations.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import anndata as ad
 import pandas as pd
 
 from ..errors import InputError, preview
 from .de import FdrMode
-from .evaluate import EvalResult, Reference, result_table, score, summarise
+from .evaluate import EvalResult, Reference, ReferenceCache, result_table, score, summarise
 from .scale import check_same_scale, normalization_of, target_sum_for
 
 DEFAULT_CONTEXT_COLUMN = "context"
@@ -48,11 +49,11 @@ def context_column(pred: ad.AnnData, real: ad.AnnData, context_key: str | None) 
 def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: str,
                         control: str, context_key: str, fdr: FdrMode = "per_perturbation",
                         epsilon: float = 0.0, edistance: bool = True,
-                        references: dict | None = None) -> EvalResult:
+                        references: ReferenceCache | None = None) -> EvalResult:
     """Evaluate each context of ``real`` separately (see the module docstring).
 
-    ``references``: a dict that keeps each context's :class:`Reference` (its DE tables) for the
-    next call with the same ``real``, e.g. a second model's predictions; filled when empty.
+    ``references``: a :class:`ReferenceCache` that keeps each context's :class:`Reference` (its
+    DE tables) for the next call with the same ``real``, e.g. a second model's predictions.
 
     Returns an EvalResult whose ``per_perturbation`` has one row per (perturbation, context)
     (a ``context`` column first), ``summary`` the mean over those rows and ``by_context`` the
@@ -78,10 +79,10 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
     tables, results, by_context = [], [], {}
     for ctx in sorted(set(rctx) & set(pctx)):
         try:
-            ref = _reference(references, (ctx, target, context_key, perturbation_key, control,
-                                          fdr, epsilon),
-                             lambda c=ctx: Reference(real[rctx == c], perturbation_key, control,
-                                               fdr, epsilon, target))
+            key = (ctx, target, context_key, perturbation_key, control, fdr, epsilon)
+            build = partial(Reference, real[rctx == ctx], perturbation_key, control, fdr,
+                            epsilon, target)
+            ref = build() if references is None else references.get(real, key, build)
             check_same_scale(pred_norm, ref.scale, ref.target_sum, ref.normalization)
             res, de_pred = score(pred[pctx == ctx], ref, edistance)
         except InputError as exc:
@@ -96,11 +97,3 @@ def evaluate_by_context(pred: ad.AnnData, real: ad.AnnData, perturbation_key: st
                                                                        "context")]]]
     return EvalResult(table, summarise(results), None, None, by_context)
 
-
-def _reference(cache: dict | None, key: tuple, build) -> Reference:
-    """``cache[key]``, built with ``build()`` on first use (no cache: always built)."""
-    if cache is None:
-        return build()
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]

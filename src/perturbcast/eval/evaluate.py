@@ -8,6 +8,7 @@ once in a :class:`Reference` and reused for every model evaluated against it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import anndata as ad
 import numpy as np
@@ -135,6 +136,30 @@ class EvalResult:
                          else baseline.summary, metric_names)[0]
 
 
+class ReferenceCache:
+    """The real side of evaluations (a :class:`Reference` per context and setting, with its DE
+    tables), built on first use and reused for later predictions scored against the same real
+    AnnData object (e.g. ``evaluate --baseline``). Bound to that object: passing another one
+    raises; do not modify the object in place between calls."""
+
+    def __init__(self) -> None:
+        self._real: ad.AnnData | None = None
+        self._refs: dict[tuple, Reference] = {}
+
+    def get(self, real: ad.AnnData, key: tuple, build) -> Reference:
+        if self._real is None:
+            self._real = real
+        elif self._real is not real:
+            raise ValueError("this ReferenceCache holds another real AnnData's references; use "
+                             "one cache per real data object.")
+        if key not in self._refs:
+            self._refs[key] = build()
+        return self._refs[key]
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
 def evaluate(
     pred: ad.AnnData,
     real: ad.AnnData | Reference,
@@ -144,7 +169,7 @@ def evaluate(
     edistance: bool = True,
     epsilon: float = 0.0,
     context_key: str | None = None,
-    references: dict | None = None,
+    references: ReferenceCache | None = None,
 ) -> EvalResult:
     """Score predicted cells against real cells with cell-eval's metrics.
 
@@ -161,8 +186,8 @@ def evaluate(
     context_key : obs column of contexts in both files: each context is scored on its own
         cells and controls. Default: the predictions' recorded context key, or ``context``,
         when both files have it; otherwise contexts are pooled (cell-eval).
-    references : a dict kept between calls with the same ``real`` (e.g. a model and its
-        reference model): the real side (DE tables) is built once and reused
+    references : a :class:`ReferenceCache` kept between calls with the same ``real`` (e.g. a
+        model and its reference model): the real side (DE tables) is built once and reused
 
     Returns
     -------
@@ -180,13 +205,10 @@ def evaluate(
         if ckey is not None:
             return evaluate_by_context(pred, real, perturbation_key, control, ckey, fdr,
                                        epsilon, edistance, references)
-        from .by_context import _reference
-
         adata, target = real, target_sum_for(pred_norm, real)
-        real = _reference(references, (None, target, None, perturbation_key, control, fdr,
-                                       epsilon),
-                          lambda: Reference(adata, perturbation_key, control, fdr, epsilon,
-                                            target))
+        key = (None, target, None, perturbation_key, control, fdr, epsilon)
+        build = partial(Reference, adata, perturbation_key, control, fdr, epsilon, target)
+        real = build() if references is None else references.get(adata, key, build)
     check_same_scale(pred_norm, real.scale, real.target_sum, real.normalization)
     res, de_pred = score(pred, real, edistance)
     return EvalResult(result_table(res, real.perts), summarise([res]), real.de, de_pred)

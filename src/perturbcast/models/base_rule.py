@@ -18,7 +18,8 @@ Rules (``base_rule``):
   conditions) of the best on squared error *and* of the best on pearson, then, among them, the
   best VCC-like score of the last three against cell_mean's (each part ``1 - mae/mae_ref`` or
   ``(v - ref) / (1 - ref)``, clipped at 0, averaged; ties go to the smaller error, then to
-  the first candidate). It writes
+  the first candidate). When no candidate is within one standard error on both, it takes the
+  ``error`` rule's choice, as it does without cell_mean among the candidates. This writes
   issue 12's goal (never worse than the best simple model on error and correlation, better on
   the score) as a choice on the training conditions.
 """
@@ -41,6 +42,7 @@ class InnerBaseTable:
     """Per candidate, per held-out training condition, the statistics of :data:`STATS`
     averaged over the inner-fold assignments: ``stats[name][stat]``, shape (n_scored,)."""
 
+    needed: tuple[str, ...] = STATS  # (``sq_error``,) for the error rule: the others cost more
     stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _sums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _n: dict[str, int] = field(default_factory=dict)
@@ -48,9 +50,9 @@ class InnerBaseTable:
     def add(self, name: str, pred: np.ndarray, real: np.ndarray, contexts: np.ndarray) -> None:
         """Add one assignment's out-of-fold mean changes ``pred`` of the held-out conditions,
         shape (n_scored, n_genes), against ``real`` (same shape); ``contexts`` (n_scored,)."""
-        new = condition_stats(pred, real, contexts)
-        sums = self._sums.setdefault(name, {k: np.zeros(len(real)) for k in STATS})
-        for k in STATS:
+        new = condition_stats(pred, real, contexts, self.needed)
+        sums = self._sums.setdefault(name, {k: np.zeros(len(real)) for k in self.needed})
+        for k in self.needed:
             sums[k] += new[k]
         self._n[name] = self._n.get(name, 0) + 1
         self.stats[name] = {k: v / self._n[name] for k, v in sums.items()}
@@ -59,31 +61,51 @@ class InnerBaseTable:
         return {name: float(s[stat].mean()) for name, s in self.stats.items()}
 
 
-def condition_stats(pred: np.ndarray, real: np.ndarray, contexts: np.ndarray
-                    ) -> dict[str, np.ndarray]:
-    """:data:`STATS` of each row of ``pred`` (n, G) against the same row of ``real``."""
+def condition_stats(pred: np.ndarray, real: np.ndarray, contexts: np.ndarray,
+                    needed: tuple[str, ...] = STATS) -> dict[str, np.ndarray]:
+    """The ``needed`` :data:`STATS` of each row of ``pred`` (n, G) against the same row of
+    ``real``. A condition alone in its context gets ``disc`` 1 (nothing to tell it from, the
+    same for every candidate); a constant prediction gets ``pearson`` and ``overlap`` 0."""
     n, g = real.shape
-    out = {"sq_error": ((pred - real) ** 2).sum(1), "abs_error": np.abs(pred - real).mean(1)}
-    pc, rc = pred - pred.mean(1, keepdims=True), real - real.mean(1, keepdims=True)
-    den = np.sqrt((pc ** 2).sum(1) * (rc ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    out = {}
+    if "sq_error" in needed:
+        out["sq_error"] = ((pred - real) ** 2).sum(1)
+    if "abs_error" in needed:
+        out["abs_error"] = np.abs(pred - real).mean(1)
+    constant = np.ptp(pred, axis=1) == 0
+    if "pearson" in needed:
+        pc, rc = pred - pred.mean(1, keepdims=True), real - real.mean(1, keepdims=True)
+        den = np.sqrt((pc ** 2).sum(1) * (rc ** 2).sum(1))
         out["pearson"] = np.where(den > 0, (pc * rc).sum(1) / np.where(den > 0, den, 1), 0.0)
-    disc = np.ones(n)
+    if "disc" in needed:
+        out["disc"] = _discrimination(pred, real, contexts)
+    if "overlap" in needed:
+        k = max(1, min(N_TOP, g // 4))
+        top_real = np.argpartition(-np.abs(real), k - 1, axis=1)[:, :k]
+        top_pred = np.argpartition(-np.abs(pred), k - 1, axis=1)[:, :k]
+        out["overlap"] = np.array([0.0 if c else np.intersect1d(a, b).size / k for a, b, c in
+                                   zip(top_real, top_pred, constant, strict=True)])
+    return out
+
+
+def _discrimination(pred: np.ndarray, real: np.ndarray, contexts: np.ndarray,
+                    block: int = 256) -> np.ndarray:
+    """1 - the share of the other conditions of the same context whose real row is closer (L1)
+    to the prediction than the condition's own, shape (n,)."""
+    from scipy.spatial.distance import cdist
+
+    disc = np.ones(len(real))
     for ctx in np.unique(contexts):
         idx = np.flatnonzero(contexts == ctx)
         if idx.size < 2:
             continue
-        for i in idx:  # one row at a time: (n, n, G) would not fit for large screens
-            dist = np.abs(real[idx] - pred[i]).sum(1)
-            own = np.abs(real[i] - pred[i]).sum()
-            disc[i] = 1.0 - (dist < own).sum() / (idx.size - 1)
-    out["disc"] = disc
-    k = max(1, min(N_TOP, g // 4))
-    top_real = np.argpartition(-np.abs(real), k - 1, axis=1)[:, :k]
-    top_pred = np.argpartition(-np.abs(pred), k - 1, axis=1)[:, :k]
-    out["overlap"] = np.array([np.intersect1d(a, b).size / k
-                               for a, b in zip(top_real, top_pred, strict=True)])
-    return out
+        for start in range(0, idx.size, block):  # (block, n) distances at a time
+            rows = idx[start:start + block]
+            dist = cdist(pred[rows], real[idx], "cityblock")
+            own = dist[np.arange(rows.size), start + np.arange(rows.size)]  # same rounding
+            closer = (dist < own[:, None]).sum(1)
+            disc[rows] = 1.0 - closer / (idx.size - 1)
+    return disc
 
 
 def _within_se(values: dict[str, np.ndarray], best: str, lower_better: bool) -> set[str]:
@@ -126,6 +148,8 @@ def rule_choice(table: InnerBaseTable, rule: str) -> str:
         return best
     if rule != "parity_score":
         raise ValueError(f"unknown base rule {rule!r}")
+    if set(STATS) - set(table.needed):
+        raise ValueError("parity_score needs every statistic: InnerBaseTable(needed=STATS)")
     sq = {n: s["sq_error"] for n, s in table.stats.items()}
     corr = {n: s["pearson"] for n, s in table.stats.items()}
     mean_corr = table.mean("pearson")

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..data.experiment import Experiment
 from ..errors import InputError
-from .base_rule import InnerBaseTable, rule_choice, vcc_like
+from .base_rule import STATS, InnerBaseTable, rule_choice, vcc_like
 from .blend_baseline import MEMBERS as BLEND_MEMBERS
 from .blend_baseline import cross_fitted_blend, nnls_weights, normal_equations
 
@@ -213,13 +213,15 @@ def choose_base(spec: str, exp: Experiment, mask: np.ndarray, cond_keys: list[Co
         if spec == "auto":
             warnings.warn("base=auto: a single training condition cannot be held out to choose "
                           "a base; using base=none.", stacklevel=3)
-            return "none", zeros, {**summary, "base": "none"}
+            return "none", zeros, {**summary, "base": "none", "base_rule": rule}
         warnings.warn(f"base={spec}: a single training condition cannot be held out, so its "
                       "base delta is the in-sample one.", stacklevel=3)
     candidates = base_names() if spec == "auto" else [spec]
     if spec not in ("auto", "blend") or not held_out:
         assignments = assignments[:1]
-    inner = inner_base_table(exp, mask, cond_keys, candidates, assignments, seed, held_out)
+    needed = ("sq_error",) if rule == "error" or spec != "auto" else STATS
+    inner = inner_base_table(exp, mask, cond_keys, candidates, assignments, seed, held_out,
+                             needed)
     chosen = rule_choice(inner.table, rule) if spec == "auto" else spec
     summary.update(base=chosen, inner_repeats=len(assignments),
                    inner_error={k: round(v, 6) for k, v in inner.table.mean("sq_error").items()})
@@ -248,9 +250,10 @@ class InnerBases:
 
 def inner_base_table(exp: Experiment, mask: np.ndarray, cond_keys: list[Condition],
                      candidates: list[str], assignments: list[np.ndarray], seed: int,
-                     held_out: bool = True) -> InnerBases:
+                     held_out: bool = True, needed: tuple[str, ...] = STATS) -> InnerBases:
     """Score ``none`` and every candidate base on the held-out training conditions of each
-    inner-fold assignment (:func:`inner_assignments`); only training cells are read."""
+    inner-fold assignment (:func:`inner_assignments`); only training cells are read.
+    ``needed``: the statistics to compute (:data:`~perturbcast.models.base_rule.STATS`)."""
     blend = "blend" in candidates and held_out  # blended from its members' deltas
     fitted = [n for n in candidates if n != "blend" or not blend]
     fitted += [m for m in BLEND_MEMBERS if blend and m not in fitted]
@@ -258,7 +261,7 @@ def inner_base_table(exp: Experiment, mask: np.ndarray, cond_keys: list[Conditio
     real = real_deltas(exp, mask, cond_keys)
     scored = assignments[0] >= 0 if held_out else np.ones(len(cond_keys), bool)
     contexts = np.array([c for _, c in cond_keys])[scored]
-    out = InnerBases(InnerBaseTable(), {})
+    out = InnerBases(InnerBaseTable(needed), {})
     for r, fold_ids in enumerate(assignments):
         deltas = {"none": np.zeros_like(real)}
         deltas.update({name: out_of_fold_deltas(name, exp, mask, cond_keys, fold_ids, seed)
