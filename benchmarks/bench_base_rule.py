@@ -36,7 +36,7 @@ METRICS = ("score", "pearson_delta", "mae", "discrimination_score_l1", "overlap_
 RULES = ("error", "parity_score")
 
 
-def test_metrics(res) -> pd.DataFrame:
+def fold_metrics(res) -> pd.DataFrame:
     """(model, fold) -> metric: per fold, the mean over contexts, scored against cell_mean."""
     from perturbcast.eval.evaluate import vcc_score
 
@@ -51,7 +51,7 @@ def test_metrics(res) -> pd.DataFrame:
 def run_case(exp, split, seeds: list[int], label: str) -> list[dict]:
     names = ["control", *base_names()]
     res = run_benchmark(exp, split, names, seed=0, show_progress=False, edistance=False)
-    table = test_metrics(res)
+    table = fold_metrics(res)
     rows = []
     for s in seeds:
         for fold in split.folds:
