@@ -25,10 +25,9 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from simulated_cases import simulated_cases
 
 from perturbcast.benchmark import run_benchmark
-from perturbcast.data import make_split, read_experiment
-from perturbcast.datasets import simulate
 from perturbcast.models.base_rule import rule_choice
 from perturbcast.models.set_residual import base_names, inner_assignments, inner_base_table
 
@@ -91,13 +90,9 @@ def main() -> None:
             exp, split = load_task(task, None)
             rows += run_case(exp, split, seeds, task)
     else:
-        for data_seed in map(int, args.data_seeds.split(",")):
-            adata = simulate(n_genes=120, n_singles=14, n_combos=12, n_contexts=3, n_batches=1,
-                             cells_per_condition=40, control_cells=200, seed=data_seed)
-            exp = read_experiment(adata, "perturbation", "control", context_key="context")
-            for kind in args.splits.split(","):
-                split = make_split(exp, kind, n_folds=args.folds, seed=data_seed)
-                rows += run_case(exp, split, seeds, f"sim{data_seed}-{kind}")
+        for data_seed, kind, exp, split in simulated_cases(args.data_seeds, args.splits,
+                                                           args.folds):
+            rows += run_case(exp, split, seeds, f"sim{data_seed}-{kind}")
     df = pd.DataFrame(rows)
     per = df.groupby(["case", "rule", "seed"])[list(METRICS)].mean()
     per = per.groupby(["case", "rule"]).agg(["mean", "std"])

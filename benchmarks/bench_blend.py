@@ -19,10 +19,9 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from simulated_cases import simulated_cases
 
 from perturbcast.benchmark import run_benchmark
-from perturbcast.data import make_split, read_experiment
-from perturbcast.datasets import simulate
 
 SINGLES = ["control", "cell_mean", "context_mean", "perturbation_mean", "additive", "linear",
            "knn"]
@@ -38,25 +37,20 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     rows, t0 = [], time.perf_counter()
-    for data_seed in map(int, args.data_seeds.split(",")):
-        adata = simulate(n_genes=120, n_singles=14, n_combos=12, n_contexts=3, n_batches=1,
-                         cells_per_condition=40, control_cells=200, seed=data_seed)
-        exp = read_experiment(adata, "perturbation", "control", context_key="context")
-        for kind in args.splits.split(","):
-            split = make_split(exp, kind, n_folds=args.folds, seed=data_seed)
-            res = run_benchmark(exp, split, [*SINGLES, "blend"], seed=0, show_progress=False,
-                                edistance=False)
-            s = res.summary.set_index("model")
-            row = {"data_seed": data_seed, "split": kind}
-            for m in METRICS:
-                singles = s.loc[SINGLES, m]
-                best = singles.idxmin() if m in LOWER_BETTER else singles.idxmax()
-                row[m] = float(s.loc["blend", m])
-                row[f"best_{m}"] = float(singles[best])
-                row[f"best_{m}_by"] = best
-            row["weights"] = " | ".join(res.fits.query("model == 'blend'").blend_weights)
-            rows.append(row)
-            print(row, flush=True)
+    for data_seed, kind, exp, split in simulated_cases(args.data_seeds, args.splits, args.folds):
+        res = run_benchmark(exp, split, [*SINGLES, "blend"], seed=0, show_progress=False,
+                            edistance=False)
+        s = res.summary.set_index("model")
+        row = {"data_seed": data_seed, "split": kind}
+        for m in METRICS:
+            singles = s.loc[SINGLES, m]
+            best = singles.idxmin() if m in LOWER_BETTER else singles.idxmax()
+            row[m] = float(s.loc["blend", m])
+            row[f"best_{m}"] = float(singles[best])
+            row[f"best_{m}_by"] = best
+        row["weights"] = " | ".join(res.fits.query("model == 'blend'").blend_weights)
+        rows.append(row)
+        print(row, flush=True)
     df = pd.DataFrame(rows)
     print(df[["data_seed", "split", *[c for m in METRICS for c in (m, f"best_{m}",
                                                                     f"best_{m}_by")]]]
