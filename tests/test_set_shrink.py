@@ -225,3 +225,35 @@ def test_auto_1se_takes_the_smallest_share_within_one_standard_error(shift_exp, 
     assert errors[0.75] == pytest.approx((0.0625 + 2 * 0.140625) / 3, abs=1e-5)
     assert fits["auto"].shrink == 0.75 and fits["auto_1se"].shrink == 0.5
     assert get_model("flow", shrink="AUTO_1SE").params["shrink"] == "auto_1se"
+
+
+@pytest.mark.parametrize("probes, expected", [("auto", 1), ("all", 2), (1, 1), ("2", 2), (9, 2)])
+def test_shrink_probes_sets_how_many_inner_folds_are_probed(monkeypatch, probes, expected):
+    """``auto`` stops once ``MIN_HELD_OUT`` conditions are scored (1 here: one probe);
+    ``shrink_probes=k`` runs ``min(k, inner folds)`` probes and ``all`` every inner fold (A+B
+    and A+C here), whatever has been scored."""
+    adata = _known_shift_adata(labels=COMBOS, n=80)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    calls = []
+    real = set_shrink._probe_predictions
+    monkeypatch.setattr(set_shrink, "_probe_predictions",
+                        lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(set_shrink, "MIN_HELD_OUT", 1)
+    model = get_model("transition", **{**FAST, "base": "additive", "shrink": "auto",
+                                       "shrink_probes": probes})
+    model.fit(exp, exp.perturbations != "B+C")
+    summary = model.training_summary
+    assert len(calls) == expected == summary["shrink_probes"] == summary["shrink_held_out"]
+    assert sorted(h[0][0] for h in calls) == ["A+B", "A+C"][:expected]
+
+
+def test_shrink_probes_must_be_auto_all_or_a_count(tmp_path):
+    for bad in (0, -1, "many", 2.5, "1.5"):
+        with pytest.raises(InputError, match="shrink_probes="):
+            get_model("transition", shrink_probes=bad)
+    assert get_model("flow", shrink_probes="ALL").params["shrink_probes"] == "all"
+    assert get_model("flow", shrink_probes="4").params["shrink_probes"] == 4  # from --param
+    assert get_model("incontext").params["shrink_probes"] == "auto"
+    # a model saved before the parameter existed loads with the old behaviour
+    params = {k: v for k, v in get_model("flow").params.items() if k != "shrink_probes"}
+    assert get_model("flow", **params).params["shrink_probes"] == "auto"

@@ -20,12 +20,13 @@ import numpy as np
 from ..data.experiment import Experiment
 from .base_rule import check_rule
 from .set_residual import Condition, check_base, check_inner, choose_base, fit_chosen_base
-from .set_shrink import AUTO, check_shrink, choose_shrink, shrink_change
+from .set_shrink import AUTO, check_probes, check_shrink, choose_shrink, shrink_change
 
 
 class BaseFallback:
     """Mixin for a :class:`~perturbcast.models.base.PerturbationModel` whose ``params`` hold
-    ``base``, ``base_rule``, ``shrink``, ``inner_unit`` and ``inner_folds``."""
+    ``base``, ``base_rule``, ``shrink``, ``shrink_probes``, ``inner_unit`` and
+    ``inner_folds``."""
 
     base_name: str = "none"
     base_model: Any = None
@@ -37,6 +38,8 @@ class BaseFallback:
         check_rule(self.params.setdefault("base_rule", "error"), self.name)
         check_inner(self.params["inner_unit"], self.params["inner_folds"], self.name)
         self.params["shrink"] = check_shrink(self.params["shrink"])
+        self.params["shrink_probes"] = check_probes(self.params.setdefault("shrink_probes",
+                                                                           "auto"), self.name)
         self.shrink = 1.0 if self.params["shrink"] in AUTO else self.params["shrink"]
         self.base_name, self.base_model = "none", None
 

@@ -31,10 +31,11 @@ val_fraction, val_every, patience, min_delta : validation and early stopping (se
     budget it stopped after 950-1200 of 2000 steps, more accurate than the default budget
 bank_cells, bank_controls : training cells kept per condition / per context as the default
     prompt source (saved with the model)
-base, base_rule, shrink, inner_unit, inner_folds : fall back toward a baseline's mean change (see
-    :mod:`~perturbcast.models.fallback`; the network never sees the base, so with the default
-    ``shrink=1`` the base changes nothing); ``base=auto shrink=auto`` chooses both on inner
-    folds of the training conditions (up to 3 extra trainings)
+base, base_rule, shrink, shrink_probes, inner_unit, inner_folds : fall back toward a
+    baseline's mean change (see :mod:`~perturbcast.models.fallback`; the network never sees
+    the base, so with the default ``shrink=1`` the base changes nothing); ``base=auto
+    shrink=auto`` chooses both on inner folds of the training conditions (up to 3 extra
+    trainings; ``shrink_probes=all``: one per inner fold)
 """
 
 from __future__ import annotations
@@ -75,8 +76,7 @@ DEFAULTS: dict[str, Any] = dict(
     n_prompt=32, n_sets=8, pretrain_steps=200, finetune_steps=300, lr=1e-3, mask_min=0.1,
     mask_max=0.8, mean_weight=1.0, bank_cells=64, bank_controls=128, show_progress=False,
     val_fraction=0.1, val_every=50, patience=3, min_delta=0.01, base="none", base_rule="error",
-    shrink=1.0,
-    inner_unit="auto", inner_folds=5,
+    shrink=1.0, shrink_probes="auto", inner_unit="auto", inner_folds=5,
 )
 CHOICES = {"cross": ("module", "flat"), "head": ("gaussian", "nb"),
            "inner_unit": ("auto", "combo", "perturbation", "condition")}

@@ -28,7 +28,8 @@ base, inner_unit, inner_folds : residual on a baseline (``auto``, ``none`` or a 
     (``auto``, default, or a number in [0, 1]) keeps that share of the learned mean correction
     (:mod:`~perturbcast.models.set_shrink`; ``auto``: up to 3 probe trainings on held-out
     training conditions, 1 among the candidates; ``auto_1se``: the smallest share within one
-    standard error of the best). ``base=none shrink=1`` is the network
+    standard error of the best; ``shrink_probes``: ``auto``, a number or ``all`` inner folds
+    probed). ``base=none shrink=1`` is the network
     alone, one training
 n_seeds : ensemble members (seeds seed..seed+n_seeds-1); predictions average the members'
     mean changes, and their spread per condition is written to ``uns["perturbcast"]["spread"]``
@@ -84,8 +85,8 @@ DEFAULTS: dict[str, Any] = dict(
     space="pca", n_latent=64, set_size=64, n_sets=16, dim=128, depth=4, n_heads=4,
     max_epochs=150, min_steps=200, max_steps=1000, lr=1e-3, patience=3, min_delta=0.01,
     val_fraction=0.1, embeddings="default", dose_key=None, base="auto", base_rule="error",
-    inner_unit="auto",
-    inner_folds=5, shrink="auto", n_seeds=1, learned_dropout=0.5, context_dropout=0.2,
+    inner_unit="auto", inner_folds=5, shrink="auto", shrink_probes="auto", n_seeds=1,
+    learned_dropout=0.5, context_dropout=0.2,
     checkpoint_dir=None, show_progress=False, val_energy=False, val_controls="train",
     memory_budget_gb=4.0, devices=1, num_nodes=1, strategy="auto", precision="auto",
     sampler="auto", num_workers=0,

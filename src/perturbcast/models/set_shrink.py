@@ -15,10 +15,12 @@ controls, and ``s`` minimises the squared error of the predicted mean change aga
 real one, pooled over the probes (ties go to the smaller ``s``). ``shrink=auto_1se`` takes
 the smallest ``s`` whose error is within one standard error (over the held-out conditions)
 of the best one's: the one-standard-error rule, which prefers the base when the probes cannot
-tell the shares apart. Probes hold out inner folds
+tell the shares apart. With ``shrink_probes="auto"`` (default) probes hold out inner folds
 0, 1, ... until :data:`MIN_HELD_OUT` conditions have been scored or :data:`MAX_PROBES` probes
 have run: one fold of ~4 perturbations (papalexi21_unseen) or one combination
-(norman19_combo) gave a different share with every seed. Each probe's base is fitted without
+(norman19_combo) gave a different share with every seed. ``shrink_probes=k`` runs exactly
+``min(k, inner_folds)`` probes (``"all"``: every inner fold, so every training condition is
+scored once). Each probe's base is fitted without
 its held-out fold too, so it is the base as a test condition would see it. The final model is
 then trained on all training conditions. Cost: one to :data:`MAX_PROBES` extra trainings on
 ~(k-1)/k of the data.
@@ -47,6 +49,27 @@ MAX_PROBES = 3
 
 
 AUTO = ("auto", "auto_1se")
+
+
+def check_probes(value: Any, who: str) -> int | str:
+    """``"auto"``, ``"all"`` or a positive int (strings from ``--param`` are parsed)."""
+    if str(value).lower() in ("auto", "all"):
+        return str(value).lower()
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1 or str(k) != str(value).strip():
+        raise InputError(f"{who}: shrink_probes={value!r} is not auto, all or a whole number "
+                         "of probes >= 1; use e.g. shrink_probes=auto or shrink_probes=all.")
+    return k
+
+
+def _n_probes(spec: int | str, n_folds: int) -> tuple[int, int]:
+    """(most probes to run, held-out conditions after which to stop) for ``shrink_probes``."""
+    if spec == "auto":
+        return min(MAX_PROBES, n_folds), MIN_HELD_OUT
+    return (n_folds if spec == "all" else min(int(spec), n_folds)), np.iinfo(np.int64).max
 
 
 def check_shrink(value: Any) -> float | str:
@@ -87,8 +110,9 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     scored: list[tuple] = []  # (held-out condition, its probe prediction)
     reasons: list[str] = []
     n_probes = 0
-    for fold in range(min(MAX_PROBES, int(folds.max()) + 1)):
-        if len(scored) >= MIN_HELD_OUT:
+    max_probes, enough = _n_probes(p.get("shrink_probes", "auto"), int(folds.max()) + 1)
+    for fold in range(max_probes):
+        if len(scored) >= enough:
             break
         held = [k for k, f in zip(cond_keys, folds, strict=True) if f == fold]
         preds = _probe(model, exp, mask, held, fold)
