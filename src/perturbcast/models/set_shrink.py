@@ -19,11 +19,11 @@ tell the shares apart. With ``shrink_probes="auto"`` (default) probes hold out i
 0, 1, ... until :data:`MIN_HELD_OUT` conditions have been scored or :data:`MAX_PROBES` probes
 have run: one fold of ~4 perturbations (papalexi21_unseen) or one combination
 (norman19_combo) gave a different share with every seed. ``shrink_probes=k`` runs exactly
-``min(k, inner_folds)`` probes (``"all"``: every inner fold, so every training condition is
-scored once). Each probe's base is fitted without
-its held-out fold too, so it is the base as a test condition would see it. The final model is
-then trained on all training conditions. Cost: one to :data:`MAX_PROBES` extra trainings on
-~(k-1)/k of the data.
+``k`` probes, or one per inner fold where there are fewer (``"all"``: every inner fold, so
+every training condition is scored once). Each probe's base is fitted without its held-out
+fold too, so it is the base as a test condition would see it. The final model is then
+trained on all training conditions. Cost: one to :data:`MAX_PROBES` extra trainings (with
+``shrink_probes=all``, one per inner fold) on ~(k-1)/k of the data.
 The scored means are floored at 0 as predictions' are; a held-out condition the probe cannot
 predict (no feature row for its perturbation, no training controls in its context) is left
 out of the score, and with none left ``shrink`` stays 1 (announced).
