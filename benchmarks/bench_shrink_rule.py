@@ -9,12 +9,11 @@ a short training) once per rule, with the same seed, so the two differ only in t
 correction kept. Prints per rule the VCC score, pearson_delta and mae (mean ± sd over screens
 and splits) with the shares chosen, the best baseline's figures, and the per-screen difference
 (second rule minus first); then one line of key=value figures. ``--screen small`` simulates a
-papalexi21-like screen (25 single perturbations, one context; use ``--splits
-unseen-perturbation --n-folds 5``).
+papalexi21-like screen (25 single perturbations, one context; its default split is
+unseen-perturbation; use ``--n-folds 5``).
 
     python benchmarks/bench_shrink_rule.py [--data-seeds 3,4,5] [--splits combo,unseen-perturbation]
-    python benchmarks/bench_shrink_rule.py --rules auto,auto@all --screen small \
-        --splits unseen-perturbation --n-folds 5
+    python benchmarks/bench_shrink_rule.py --rules auto,auto@all --screen small --n-folds 5
 """
 
 from __future__ import annotations
@@ -47,7 +46,8 @@ def rule_params(rule: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-seeds", default="3,4,5")
-    ap.add_argument("--splits", default="combo,unseen-perturbation")
+    ap.add_argument("--splits", default=None,
+                    help="default: combo,unseen-perturbation (--screen small: unseen-perturbation)")
     ap.add_argument("--folds", type=int, default=2, help="folds run (of --n-folds)")
     ap.add_argument("--n-folds", type=int, default=3)
     ap.add_argument("--rules", default="auto,auto_1se")
@@ -55,12 +55,14 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     rows, t0, rules = [], time.perf_counter(), args.rules.split(",")
+    splits = args.splits or ("unseen-perturbation" if args.screen == "small"
+                             else "combo,unseen-perturbation")
     assert len(rules) == 2, "--rules takes two rules: FIRST,SECOND"
     for data_seed in map(int, args.data_seeds.split(",")):
         adata = simulate(n_genes=120, **SCREENS[args.screen], n_batches=1,
                          cells_per_condition=40, control_cells=200, seed=data_seed)
         exp = read_experiment(adata, "perturbation", "control", context_key="context")
-        for kind in args.splits.split(","):
+        for kind in splits.split(","):
             split = make_split(exp, kind, n_folds=args.n_folds, seed=data_seed)
             split.folds = split.folds[:args.folds]
             for rule in rules:
@@ -69,6 +71,7 @@ def main() -> None:
                                     model_params={"transition": {**SHORT, **rule_params(rule)}},
                                     show_progress=False, edistance=False)
                 s = res.summary.set_index("model")
+                fits = res.fits.query("model == 'transition'")
                 best = res.best_baseline()
                 rows.append({"data_seed": data_seed, "split": kind, "rule": rule,
                              **{m: float(s.loc["transition", m]) for m in METRICS},
@@ -76,8 +79,9 @@ def main() -> None:
                                                    else s[m][BASELINES].max())
                                 for m in METRICS},
                              "best": best,
-                             "shares": ",".join(f"{v:g}" for v in
-                                                res.fits.query("model == 'transition'").shrink),
+                             "shares": ",".join(f"{v:g}" for v in fits.shrink),
+                             "probes": ",".join(f"{v:g}" for v in fits.shrink_n_probes),
+                             "fit_s": round(float(fits.fit_s.sum()), 1),
                              "wall_s": round(time.perf_counter() - t1, 1)})
                 print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
@@ -87,6 +91,7 @@ def main() -> None:
         for m in METRICS:
             fig[f"{rule}_{m}"] = f"{g[m].mean():.4f}±{g[m].std(ddof=1):.4f}"
         fig[f"{rule}_wall_s"] = f"{g.wall_s.sum():.0f}"
+        fig[f"{rule}_transition_fit_s"] = f"{g.fit_s.sum():.0f}"
     wide = df.pivot_table(index=["data_seed", "split"], columns="rule", values=list(METRICS))
     for m in METRICS:
         d = wide[m][rules[1]] - wide[m][rules[0]]

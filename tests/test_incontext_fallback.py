@@ -66,7 +66,7 @@ def test_auto_chooses_on_probes_that_never_see_their_held_out_conditions(exp, tm
     model.fit(exp, _train(exp))
     summary = model.training_summary
     assert summary["inner_unit"] == "condition" and summary["base"] == model.base_name
-    assert len(seen) == summary["shrink_probes"] >= 1 and summary["shrink_held_out"] >= 1
+    assert len(seen) == summary["shrink_n_probes"] >= 1 and summary["shrink_held_out"] >= 1
     assert float(summary["shrink"]) in set_shrink.GRID
     for held, bank, trained in seen:
         assert not (set(held) | {HELD}) & (bank | trained)

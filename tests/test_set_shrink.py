@@ -94,7 +94,7 @@ def test_probes_never_see_their_held_out_inner_fold(monkeypatch, min_held, n_pro
     monkeypatch.setattr(set_shrink, "MIN_HELD_OUT", min_held)
     model = get_model("transition", **{**FAST, "base": "additive", "shrink": "auto"}).fit(
         exp, exp.perturbations != "B+C")
-    assert len(seen) == n_probes == model.training_summary["shrink_probes"]
+    assert len(seen) == n_probes == model.training_summary["shrink_n_probes"]
     assert model.training_summary["shrink_held_out"] == n_probes
     held_out = {h[0][0] for _, h, _ in seen}
     assert len(held_out) == n_probes and held_out <= {"A+B", "A+C"}
@@ -120,7 +120,7 @@ def test_probes_stop_at_max_probes(monkeypatch):
                                            "inner_unit": "perturbation"})
         model.fit(exp, exp.perturbations != "B+C")
     assert model.training_summary["inner_folds"] == 5
-    assert len(calls) == 2 == model.training_summary["shrink_probes"]
+    assert len(calls) == 2 == model.training_summary["shrink_n_probes"]
     held = [k for h in calls for k in h]
     assert len(held) == len(set(held)) == 2 and ("B+C", "all") not in held
 
@@ -195,7 +195,7 @@ def test_defaults_choose_base_and_shrink_on_inner_folds(shift_exp):
         model.fit(shift_exp, shift_exp.perturbations != "A+B")
     summary = model.training_summary
     assert summary["base_requested"] == "auto" and summary["inner_repeats"] > 1
-    assert summary["shrink_probes"] >= 1 and model.shrink == summary["shrink"]
+    assert summary["shrink_n_probes"] >= 1 and model.shrink == summary["shrink"]
 
 
 def test_auto_1se_takes_the_smallest_share_within_one_standard_error(shift_exp, monkeypatch):
@@ -227,6 +227,7 @@ def test_auto_1se_takes_the_smallest_share_within_one_standard_error(shift_exp, 
     assert get_model("flow", shrink="AUTO_1SE").params["shrink"] == "auto_1se"
 
 
+
 @pytest.mark.parametrize("probes, expected", [("auto", 1), ("all", 2), (1, 1), ("2", 2), (9, 2)])
 def test_shrink_probes_sets_how_many_inner_folds_are_probed(monkeypatch, probes, expected):
     """``auto`` stops once ``MIN_HELD_OUT`` conditions are scored (1 here: one probe);
@@ -243,17 +244,51 @@ def test_shrink_probes_sets_how_many_inner_folds_are_probed(monkeypatch, probes,
                                        "shrink_probes": probes})
     model.fit(exp, exp.perturbations != "B+C")
     summary = model.training_summary
-    assert len(calls) == expected == summary["shrink_probes"] == summary["shrink_held_out"]
+    assert len(calls) == expected == summary["shrink_n_probes"] == summary["shrink_held_out"]
     assert sorted(h[0][0] for h in calls) == ["A+B", "A+C"][:expected]
 
 
-def test_shrink_probes_must_be_auto_all_or_a_count(tmp_path):
-    for bad in (0, -1, "many", 2.5, "1.5"):
+@pytest.mark.parametrize("probes, expected", [("auto", 3), (4, 4), ("all", 5), (7, 5)])
+def test_shrink_probes_goes_past_the_default_cap(monkeypatch, probes, expected):
+    """Five inner folds of one perturbation each (the held-out singles cannot be predicted, so
+    ``auto`` never reaches ``MIN_HELD_OUT`` and stops at ``MAX_PROBES``): a count above the cap
+    runs that many probes, ``all`` one per inner fold, each holding out other conditions."""
+    adata = _known_shift_adata(labels=COMBOS, n=60)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    calls = []
+    monkeypatch.setattr(set_shrink, "_probe_predictions",
+                        lambda probe, exp_, fit_mask, held: calls.append(held) or
+                        ["cannot predict"] * len(held))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto",
+                                           "inner_unit": "perturbation",
+                                           "shrink_probes": probes})
+        model.fit(exp, exp.perturbations != "B+C")
+    assert model.training_summary["inner_folds"] == 5 == set_shrink.MAX_PROBES + 2
+    assert len(calls) == expected == model.training_summary["shrink_n_probes"]
+    held = [k for h in calls for k in h]
+    assert len(held) == len(set(held)) and ("B+C", "all") not in held
+
+
+def test_shrink_probes_must_be_auto_all_or_a_count():
+    for bad in (0, -1, "many", 2.5, "1.5", True):
         with pytest.raises(InputError, match="shrink_probes="):
             get_model("transition", shrink_probes=bad)
-    assert get_model("flow", shrink_probes="ALL").params["shrink_probes"] == "all"
-    assert get_model("flow", shrink_probes="4").params["shrink_probes"] == 4  # from --param
+    assert get_model("flow", shrink_probes=" ALL ").params["shrink_probes"] == "all"
+    assert get_model("flow", shrink_probes="4").params["shrink_probes"] == 4
     assert get_model("incontext").params["shrink_probes"] == "auto"
-    # a model saved before the parameter existed loads with the old behaviour
-    params = {k: v for k, v in get_model("flow").params.items() if k != "shrink_probes"}
-    assert get_model("flow", **params).params["shrink_probes"] == "auto"
+
+
+def test_shrink_probes_is_saved_and_old_models_load_as_auto(shift_exp, tmp_path):
+    import json
+
+    params = {**FAST, "base": "context_mean", "shrink": 0.5, "shrink_probes": 2}
+    model = get_model("transition", **params).fit(shift_exp, shift_exp.perturbations != "A+B")
+    path = model.save(tmp_path / "m")
+    assert type(model).load(path).params["shrink_probes"] == 2
+    config = json.loads((path / "config.json").read_text())
+    del config["params"]["shrink_probes"]  # as saved before the parameter existed
+    (path / "config.json").write_text(json.dumps(config))
+    old = type(model).load(path)
+    assert old.params["shrink_probes"] == "auto" and old.shrink == 0.5

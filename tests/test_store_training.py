@@ -65,7 +65,7 @@ def test_store_training_reads_sets_not_the_matrix(screen, monkeypatch):
     monkeypatch.setattr(StoreSetSampler, "read_sets", spy)
     monkeypatch.setattr(set_shrink, "_probe_predictions", probe)
     model = _fit(exp, max_steps=5)
-    assert model.training_summary["shrink_probes"] >= 1 and probe_reads  # the default
+    assert model.training_summary["shrink_n_probes"] >= 1 and probe_reads  # the default
     assert model.training_summary["sampler"] == "store"
     assert model.training_summary["data_mode"] == "store"
     assert len(reads) >= 5 + 4  # every training step and the 4 validation batches

@@ -39,8 +39,8 @@ from .verdict import (
 )
 
 # a model's training choices (``training_summary``), added as columns of ``fits``
-CHOICE_KEYS = ("base", "inner_unit", "shrink", "steps", "budget_steps", "stopped_early",
-               "n_seeds", "blend_weights")
+CHOICE_KEYS = ("base", "inner_unit", "shrink", "shrink_n_probes", "shrink_held_out", "steps",
+               "budget_steps", "stopped_early", "n_seeds", "blend_weights")
 
 
 @dataclass

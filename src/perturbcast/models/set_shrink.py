@@ -20,7 +20,8 @@ tell the shares apart. With ``shrink_probes="auto"`` (default) probes hold out i
 have run: one fold of ~4 perturbations (papalexi21_unseen) or one combination
 (norman19_combo) gave a different share with every seed. ``shrink_probes=k`` runs exactly
 ``k`` probes, or one per inner fold where there are fewer (``"all"``: every inner fold, so
-every training condition is scored once). Each probe's base is fitted without its held-out
+every training condition an inner fold holds out is scored once; with ``inner_unit=combo``
+the singles are never held out). Each probe's base is fitted without its held-out
 fold too, so it is the base as a test condition would see it. The final model is then
 trained on all training conditions. Cost: one to :data:`MAX_PROBES` extra trainings (with
 ``shrink_probes=all``, one per inner fold) on ~(k-1)/k of the data.
@@ -53,13 +54,11 @@ AUTO = ("auto", "auto_1se")
 
 def check_probes(value: Any, who: str) -> int | str:
     """``"auto"``, ``"all"`` or a positive int (strings from ``--param`` are parsed)."""
-    if str(value).lower() in ("auto", "all"):
-        return str(value).lower()
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        k = 0
-    if k < 1 or str(k) != str(value).strip():
+    text = str(value).strip().lower()
+    if text in ("auto", "all"):
+        return text
+    k = int(text) if text.isdigit() and not isinstance(value, bool) else 0
+    if k < 1 or str(k) != text:
         raise InputError(f"{who}: shrink_probes={value!r} is not auto, all or a whole number "
                          "of probes >= 1; use e.g. shrink_probes=auto or shrink_probes=all.")
     return k
@@ -106,7 +105,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     if folds.max() < 1:
         warnings.warn(f"{model.name}: shrink=auto needs two inner folds of training conditions "
                       f"(unit {unit!r}); keeping the whole correction (shrink=1).", stacklevel=4)
-        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_probes": 0}
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_n_probes": 0}
     scored: list[tuple] = []  # (held-out condition, its probe prediction)
     reasons: list[str] = []
     n_probes = 0
@@ -122,7 +121,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     if not scored:
         warnings.warn(f"{model.name}: shrink=auto could not predict any held-out condition "
                       f"({reasons[0]}); keeping the whole correction (shrink=1).", stacklevel=4)
-        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_probes": n_probes}
+        return 1.0, {"shrink": 1.0, "shrink_held_out": 0, "shrink_n_probes": n_probes}
     real = real_deltas(exp, mask, [k for k, _ in scored])
     per_condition = np.array([[((_mean_change(*pred, s) - r) ** 2).sum() for s in GRID]
                               for (_, pred), r in zip(scored, real, strict=True)])
@@ -133,7 +132,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     chosen = min(GRID, key=lambda s: (round(errors[s], 12), s))
     if p["shrink"] == "auto_1se" and se is not None:  # the smallest share within one SE
         chosen = min(s for s in GRID if errors[s] <= errors[chosen] + se[chosen])
-    summary = {"shrink": chosen, "shrink_held_out": len(scored), "shrink_probes": n_probes,
+    summary = {"shrink": chosen, "shrink_held_out": len(scored), "shrink_n_probes": n_probes,
                "shrink_error": {str(s): round(e, 6) for s, e in errors.items()}}
     if se is not None:
         summary["shrink_error_se"] = {str(s): round(e, 6) for s, e in se.items()}
