@@ -104,21 +104,28 @@ def test_probes_never_see_their_held_out_inner_fold(monkeypatch, min_held, n_pro
         assert held[0][0] not in base_perts and {"A", "B", "C"} <= set(base_perts)
 
 
+def _fit_recording_probes(monkeypatch, n: int, fake=None, **params):
+    """Fit transition (``FAST`` + ``params``) on the ``COMBOS`` screen without B+C, recording
+    the conditions each probe holds out; ``fake`` replaces the probes' predictions."""
+    adata = _known_shift_adata(labels=COMBOS, n=n)
+    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
+    calls = []
+    predict = fake or set_shrink._probe_predictions
+    monkeypatch.setattr(set_shrink, "_probe_predictions",
+                        lambda *a: calls.append(a[3]) or predict(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_model("transition", **{**FAST, "shrink": "auto", **params})
+        model.fit(exp, exp.perturbations != "B+C")
+    return model, calls
+
+
 def test_probes_stop_at_max_probes(monkeypatch):
     """Never more than ``MAX_PROBES`` extra trainings, however few conditions are scored
     (five inner folds of one perturbation each; the held-out singles cannot be predicted)."""
-    adata = _known_shift_adata(labels=COMBOS, n=60)
-    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
-    calls = []
-    real = set_shrink._probe_predictions
-    monkeypatch.setattr(set_shrink, "_probe_predictions",
-                        lambda *a: calls.append(a[3]) or real(*a))
     monkeypatch.setattr(set_shrink, "MAX_PROBES", 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto",
-                                           "inner_unit": "perturbation"})
-        model.fit(exp, exp.perturbations != "B+C")
+    model, calls = _fit_recording_probes(monkeypatch, 60, base="context_mean",
+                                         inner_unit="perturbation")
     assert model.training_summary["inner_folds"] == 5
     assert len(calls) == 2 == model.training_summary["shrink_n_probes"]
     held = [k for h in calls for k in h]
@@ -227,22 +234,13 @@ def test_auto_1se_takes_the_smallest_share_within_one_standard_error(shift_exp, 
     assert get_model("flow", shrink="AUTO_1SE").params["shrink"] == "auto_1se"
 
 
-
 @pytest.mark.parametrize("probes, expected", [("auto", 1), ("all", 2), (1, 1), ("2", 2), (9, 2)])
 def test_shrink_probes_sets_how_many_inner_folds_are_probed(monkeypatch, probes, expected):
     """``auto`` stops once ``MIN_HELD_OUT`` conditions are scored (1 here: one probe);
     ``shrink_probes=k`` runs ``min(k, inner folds)`` probes and ``all`` every inner fold (A+B
     and A+C here), whatever has been scored."""
-    adata = _known_shift_adata(labels=COMBOS, n=80)
-    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
-    calls = []
-    real = set_shrink._probe_predictions
-    monkeypatch.setattr(set_shrink, "_probe_predictions",
-                        lambda *a: calls.append(a[3]) or real(*a))
     monkeypatch.setattr(set_shrink, "MIN_HELD_OUT", 1)
-    model = get_model("transition", **{**FAST, "base": "additive", "shrink": "auto",
-                                       "shrink_probes": probes})
-    model.fit(exp, exp.perturbations != "B+C")
+    model, calls = _fit_recording_probes(monkeypatch, 80, base="additive", shrink_probes=probes)
     summary = model.training_summary
     assert len(calls) == expected == summary["shrink_n_probes"] == summary["shrink_held_out"]
     assert sorted(h[0][0] for h in calls) == ["A+B", "A+C"][:expected]
@@ -253,18 +251,9 @@ def test_shrink_probes_goes_past_the_default_cap(monkeypatch, probes, expected):
     """Five inner folds of one perturbation each (the held-out singles cannot be predicted, so
     ``auto`` never reaches ``MIN_HELD_OUT`` and stops at ``MAX_PROBES``): a count above the cap
     runs that many probes, ``all`` one per inner fold, each holding out other conditions."""
-    adata = _known_shift_adata(labels=COMBOS, n=60)
-    exp = read_experiment(adata, "perturbation", "control", input_scale="log1p")
-    calls = []
-    monkeypatch.setattr(set_shrink, "_probe_predictions",
-                        lambda probe, exp_, fit_mask, held: calls.append(held) or
-                        ["cannot predict"] * len(held))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_model("transition", **{**FAST, "base": "context_mean", "shrink": "auto",
-                                           "inner_unit": "perturbation",
-                                           "shrink_probes": probes})
-        model.fit(exp, exp.perturbations != "B+C")
+    model, calls = _fit_recording_probes(
+        monkeypatch, 60, fake=lambda probe, exp_, fit_mask, held: ["cannot predict"] * len(held),
+        base="context_mean", inner_unit="perturbation", shrink_probes=probes)
     assert model.training_summary["inner_folds"] == 5 == set_shrink.MAX_PROBES + 2
     assert len(calls) == expected == model.training_summary["shrink_n_probes"]
     held = [k for h in calls for k in h]

@@ -109,7 +109,7 @@ def choose_shrink(model, exp: Experiment, mask: np.ndarray,
     scored: list[tuple] = []  # (held-out condition, its probe prediction)
     reasons: list[str] = []
     n_probes = 0
-    max_probes, enough = _n_probes(p.get("shrink_probes", "auto"), int(folds.max()) + 1)
+    max_probes, enough = _n_probes(p["shrink_probes"], int(folds.max()) + 1)
     for fold in range(max_probes):
         if len(scored) >= enough:
             break
