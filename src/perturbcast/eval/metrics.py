@@ -106,8 +106,9 @@ def _mean_pairwise(a: torch.Tensor, b: torch.Tensor | None, float32: bool):
 
     Like scikit-learn (which cell-eval uses), float32 data gives float32 distances averaged in
     float32 (``float32=True``; returned as a numpy float32 scalar, so that the energy distance
-    ``2 d_xy - d_xx - d_yy`` is combined in float32 as cell-eval's numpy scalars are);
-    distances are computed in float64 first.
+    ``2 d_xy - d_xx - d_yy`` is combined in float32 as cell-eval's numpy scalars are): the
+    squared distances are computed in float64, rounded to float32, and their root taken in
+    float32, as scikit-learn's upcast path does.
     """
     if b is None:
         if a.shape[0] < 2:
@@ -116,8 +117,9 @@ def _mean_pairwise(a: torch.Tensor, b: torch.Tensor | None, float32: bool):
         dist.fill_diagonal_(0.0)
     else:
         dist = torch.cdist(a, b)
-    mean = dist.numpy().astype(np.float32 if float32 else np.float64, copy=False).mean()
-    return mean if float32 else float(mean)  # a float32 scalar: later sums stay in float32
+    if not float32:
+        return float(dist.numpy().mean())
+    return np.sqrt(np.square(dist.numpy()).astype(np.float32)).mean()  # stays float32
 
 
 def _t64(x: np.ndarray) -> torch.Tensor:
