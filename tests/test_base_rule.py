@@ -47,9 +47,7 @@ def test_condition_stats_on_known_cases():
 
 
 def _table(stats: dict[str, dict[str, np.ndarray]]) -> InnerBaseTable:
-    table = InnerBaseTable()
-    table.stats = stats
-    return table
+    return InnerBaseTable.from_stats(stats)
 
 
 def _stats(sq, pearson, abs_error, disc, overlap, n=20, noise=0.0, seed=0):

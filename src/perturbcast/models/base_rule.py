@@ -43,9 +43,16 @@ class InnerBaseTable:
     averaged over the inner-fold assignments: ``stats[name][stat]``, shape (n_scored,)."""
 
     needed: tuple[str, ...] = STATS  # (``sq_error``,) for the error rule: the others cost more
-    stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _sums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _n: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, dict[str, np.ndarray]]) -> InnerBaseTable:
+        """A table holding ``stats`` as one assignment's statistics (``needed`` from them)."""
+        needed = tuple(next(iter(stats.values()))) if stats else STATS
+        return cls(needed=needed, _sums={name: {k: np.asarray(v, float) for k, v in s.items()}
+                                         for name, s in stats.items()},
+                   _n=dict.fromkeys(stats, 1))
 
     def add(self, name: str, pred: np.ndarray, real: np.ndarray, contexts: np.ndarray) -> None:
         """Add one assignment's out-of-fold mean changes ``pred`` of the held-out conditions,
@@ -55,7 +62,12 @@ class InnerBaseTable:
         for k in self.needed:
             sums[k] += new[k]
         self._n[name] = self._n.get(name, 0) + 1
-        self.stats[name] = {k: v / self._n[name] for k, v in sums.items()}
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """The averages over the assignments added so far, computed from the running sums."""
+        return {name: {k: v / self._n[name] for k, v in sums.items()}
+                for name, sums in self._sums.items()}
 
     def mean(self, stat: str) -> dict[str, float]:
         return {name: float(s[stat].mean()) for name, s in self.stats.items()}
