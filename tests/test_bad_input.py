@@ -70,6 +70,8 @@ TRAIN_CASES = [
     ("missing-context-key", None, ["--context-key", "cell_line"], "'cell_line' not found"),
     ("missing-batch-key", None, ["--batch-key", "batchh"], "Did you mean: 'batch'"),
     ("control-absent", None, ["--control", "non-targeting"], "control value 'non-targeting'"),
+    ("control-absent-named-first", None, ["--control", "non-targeting"],
+     "Control-like values: control. Values: control, "),  # not lost in a '(+N more)' tail
     ("control-wrong-case", None, ["--control", "Control"], "Did you mean: 'control'"),
     ("control-renamed", lambda a: _relabel(a, "control", "ctrl"), [], "Did you mean: 'ctrl'"),
     ("nan-in-x", lambda a: _set_x(a, lambda x: x.__setitem__((3, 4), np.nan)), [],
@@ -90,7 +92,16 @@ TRAIN_CASES = [
     ("only-controls", lambda a: a[(a.obs.perturbation == "control").to_numpy()].copy(), [],
      "no perturbed cells"),
     ("layer-missing", None, ["--layer", "counts"], "layer 'counts' not found"),
-    ("unknown-model", None, ["--model", "lineer"], "unknown model 'lineer'"),
+    ("unknown-model", None, ["--model", "lineer"], "unknown model 'lineer'; did you mean "
+     "'linear'?"),
+    # a value of the wrong kind: one line before any fitting (was a ValueError traceback)
+    ("param-not-an-integer", None, ["--model", "transition", "--param", "max_steps=abc"],
+     "transition: max_steps='abc' is not an integer"),
+    ("param-not-a-number", None, ["--model", "linear", "--param", "ridge=abc"],
+     "linear: ridge='abc' is not a number"),
+    ("param-not-a-bool", None, ["--model", "flow", "--param", "ot=yes"],
+     "flow: ot='yes' is not true or false"),
+    ("param-knn-k", None, ["--model", "knn", "--param", "k=abc"], "must be integers"),
     ("bad-param", None, ["--param", "noequals"], "is not KEY=VALUE"),
 ]
 
@@ -188,6 +199,10 @@ def test_not_a_model_folder(files, tmp_path, capsys):
     code, err = _cli(["predict", "--model", str(tmp_path / "m"), "--data",
                       str(files / "good.h5ad"), "--out", str(tmp_path / "p.h5ad")], capsys)
     assert code == 2 and "not a saved perturbcast model" in err
+    code, err = _cli(["predict", "--model", str(tmp_path / "nomodel"), "--data",
+                      str(files / "good.h5ad"), "--out", str(tmp_path / "p.h5ad")], capsys)
+    assert code == 2 and "nomodel does not exist; pass the --out folder" in " ".join(err.split())
+    assert not (tmp_path / "p.h5ad").exists()
 
 
 @pytest.mark.parametrize("how", ["reordered", "superset"])

@@ -1,8 +1,11 @@
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
+import perturbcast as pc
 from perturbcast import InputError, get_model, make_split
 from perturbcast.data import read_experiment
 from perturbcast.eval import evaluate
@@ -112,6 +115,7 @@ def test_save_load_roundtrip(name, sim_exp, tmp_path):
     m.save(tmp_path / "model")
     loaded = PerturbationModel.load(tmp_path / "model")
     assert type(loaded) is type(m) and loaded.vocabulary == m.vocabulary
+    assert type(pc.load_model(tmp_path / "model")) is type(m)  # the top-level name
     assert list(loaded.genes) == list(sim_exp.genes) and loaded.keys["control"] == "control"
     after = loaded.predict(sim_exp, conds, n_cells=7, **extra)
     np.testing.assert_array_equal(before.X, after.X)
@@ -119,8 +123,11 @@ def test_save_load_roundtrip(name, sim_exp, tmp_path):
 
 def test_predict_errors(sim_exp, sim_adata):
     m = get_model("additive").fit(sim_exp)
-    with pytest.raises(InputError, match="no control cells for context 'ctx9'"):
-        m.predict(sim_exp, [("G0001", "ctx9")])
+    with warnings.catch_warnings():  # no "predicting there from their control cells" first
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="no control cells for context 'ctx9' in the "
+                                             "input. Did you mean: 'ctx"):
+            m.predict(sim_exp, [("G0001", "ctx9")])
     fewer = read_experiment(sim_adata[:, :40].copy(), "perturbation", "control",
                             context_key="context")
     with pytest.raises(InputError, match="genes are missing"):

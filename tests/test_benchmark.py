@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbcast import InputError, make_split
+from perturbcast import InputError, make_split, read_experiment
 from perturbcast.benchmark import run_benchmark
+from perturbcast.datasets import simulate
 from perturbcast.eval import METRICS
 from perturbcast.eval.html_report import verdicts
 from perturbcast.models import BASELINES, MODELS
@@ -156,6 +157,34 @@ def test_verdict_says_who_won_and_whether_it_exceeds_the_spread():
                                                               "additive")
     comp = compare_to_baselines(loses, BASELINES).set_index("model")
     assert comp.exceeds_spread.to_dict() == {"flow": True, "transition": True}
+
+
+def test_verdict_says_when_the_winners_base_was_not_run():
+    """transition (base=auto) stood on blend, which the benchmark did not run: its margin over
+    additive may be blend's, and the verdict must say so (a walkthrough's misleading line)."""
+    base = [("cell_mean", 0.0, 0.0, 1, None, None), ("additive", 0.30, 0.0, 1, None, None)]
+    wins = _summary(base + [("transition", 0.42, 0.03, 3, "t", None)])
+    fits = pd.DataFrame({"model": ["additive", "transition", "transition", "transition"],
+                         "base": [None, "blend", "blend", "additive"]})
+    line = verdict_line(wins, BASELINES, fits)
+    assert line.endswith("Its base (blend in 2 of 3 fits) was not run here, so part of that "
+                         "margin may be the base's, not the network's: add blend to --models.")
+    ran = pd.DataFrame({"model": ["transition"] * 2, "base": ["additive", "none"]})
+    assert verdict_line(wins, BASELINES, ran) == verdict_line(wins, BASELINES)
+
+
+def test_a_bad_parameter_value_is_an_error_not_a_left_out_model():
+    """With every model selected, a model that cannot predict a fold is left out with a
+    warning; a parameter value of the wrong kind is the user's typo and must stop the run."""
+    from perturbcast.benchmark import check_folds
+
+    exp = read_experiment(simulate(n_genes=30, n_singles=4, n_combos=2, n_contexts=1,
+                                   cells_per_condition=8, control_cells=20, seed=1),
+                          perturbation_key="perturbation", control="control")
+    split = make_split(exp, "unseen-perturbation", n_folds=2, seed=0)
+    with pytest.raises(InputError, match="max_steps='abc' is not an integer"):
+        check_folds(exp, split, ["cell_mean", "transition"],
+                    {"transition": {"max_steps": "abc"}}, skip_unable=True)
 
 
 def test_a_vcc_win_with_worse_pearson_delta_and_mae_is_called_nominal():

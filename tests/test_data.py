@@ -159,3 +159,22 @@ def test_anndata_with_extra_context(sim_adata):
     a = ad.AnnData(X=sim_adata.X, obs=sim_adata.obs.copy(), var=sim_adata.var)
     exp = read_experiment(a, "perturbation", "control", context_key="context")
     assert exp.context_names() == ["ctx0", "ctx1"]
+
+
+def test_unassigned_cells_are_announced_unless_excluded():
+    """Guide-calling leftovers ('unassigned') were trained on as a perturbation silently."""
+    import warnings
+
+    from perturbcast.datasets import simulate
+
+    a = simulate(n_genes=30, n_singles=4, n_combos=0, n_contexts=1, cells_per_condition=8,
+                 control_cells=20, seed=1)
+    a.obs["perturbation"] = a.obs.perturbation.astype(str)
+    a.obs.iloc[:5, a.obs.columns.get_loc("perturbation")] = "unassigned"
+    with pytest.warns(UserWarning, match="5 cells are labelled unassigned, read as a "
+                                         "perturbation"):
+        read_experiment(a, "perturbation", "control")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exp = read_experiment(a, "perturbation", "control", exclude=["unassigned"])
+    assert "unassigned" not in set(exp.perturbations)

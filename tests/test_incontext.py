@@ -311,3 +311,20 @@ def test_finetune_validation_is_the_relative_error_of_the_mean_change(ic_model):
         double = loss(ic_model.net, {"x": x, "target": start + 2 * (pred - start)})
     assert float(exact) < 1e-8
     assert abs(float(double) - 0.25) < 1e-4  # error |d|^2 against a real change of |2d|^2
+
+
+def test_a_misspelt_perturbation_gets_a_did_you_mean():
+    """'stimulted' has no prompt cells because it is a typo, not a new perturbation."""
+    from perturbcast.models.incontext_sets import PromptSource
+
+    perts = np.array(["control"] * 4 + ["stimulated"] * 4)
+    src = PromptSource(lambda idx: np.zeros((len(idx), 3)), perts, np.array(["B"] * 8),
+                       "control", lambda p: (p,), "the model's prompt bank")
+    rng = np.random.default_rng(0)
+    assert src.prompt("stimulated", "NK", 2, rng).shape == (4, 3)
+    with pytest.raises(InputError, match="Did you mean: 'stimulated'\\? Pass prompt="):
+        src.prompt("stimulted", "NK", 2, rng)
+    with pytest.raises(InputError) as exc:
+        src.prompt("IFNG", "NK", 2, rng)  # nothing close: no suggestion
+    assert "Did you mean" not in str(exc.value)
+

@@ -76,3 +76,20 @@ def test_pytest_warns_still_sees_a_benchmarks_warnings(sim_exp):
     split = make_split(sim_exp, "combo", n_folds=2, seed=0)
     with pytest.warns(UserWarning, match="built-in gene table"):
         run_benchmark(sim_exp, split, ["linear"], show_progress=False, edistance=False)
+
+
+def test_command_line_warnings_are_one_line():
+    """The CLI shows 'warning: <message>', not the source path and line of code."""
+    from perturbcast.repeated_warnings import one_line_warning
+
+    assert one_line_warning("no gene table row for G1", UserWarning, "/x/y.py", 12,
+                            "names, vecs = resolve(") == "warning: no gene table row for G1\n"
+    assert one_line_warning("old", DeprecationWarning, "f.py", 1) == (
+        "warning (DeprecationWarning): old\n")
+    once = WarnOnce()
+    with warnings.catch_warnings(), once.model("transition"):
+        warnings.simplefilter("always")
+        for n in range(3):
+            warnings.warn(f"{n} genes have no row", UserWarning, stacklevel=1)
+    assert once.repeats_line("the inner folds and probes").startswith(
+        "2 repeats of warnings shown above (the same warning on the inner folds and probes)")

@@ -30,3 +30,24 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("partial")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_is_standard_nan_becomes_null(tmp_path):
+    """summary.json once held ``NaN`` (pearson_edistance of a one-cell group): not JSON."""
+    import json
+
+    import numpy as np
+
+    from perturbcast.utils import json_text, write_json
+
+    obj = {"a": float("nan"), "b": np.float32(np.inf), "c": [1.5, np.nan, np.int64(3)],
+           "d": np.array([0.5, np.nan]), "e": {"f": -np.inf, "g": "text", "h": None}}
+    write_json(tmp_path / "s.json", obj)
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    got = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert got == {"a": None, "b": None, "c": [1.5, None, 3], "d": [0.5, None],
+                   "e": {"f": None, "g": "text", "h": None}}
+    assert json.loads(json_text({"x": np.float64(0.25)})) == {"x": 0.25}

@@ -6,6 +6,11 @@ from .datasets import simulate
 from .errors import InputError
 from .eval import evaluate, vcc_score
 from .models import get_model
+from .models.base import PerturbationModel
+
+load_model = PerturbationModel.load
+"""Load a model saved by ``model.save(path)`` or ``perturbcast train --out path`` (its class,
+config, gene list, vocabulary and normalisation are read from the folder)."""
 
 __version__ = "0.1.0"
 
@@ -16,6 +21,7 @@ __all__ = [
     "Split",
     "evaluate",
     "get_model",
+    "load_model",
     "make_split",
     "read_experiment",
     "read_store",

@@ -82,7 +82,7 @@ class BenchmarkResult:
     def verdict(self) -> str:
         """One plain-words line: which model won, by how much, and whether that exceeds the
         seed spread."""
-        return verdict_line(self.summary, BASELINES)
+        return verdict_line(self.summary, BASELINES, self.fits)
 
     def calibration(self) -> list[SpreadCalibration]:
         """Per ensemble (``n_seeds`` > 1): whether its members' spread ranks the
@@ -108,6 +108,7 @@ def check_folds(exp: Experiment, split: Split, models: list[str],
     warning naming it and why (for "every model" defaults); returns the models kept."""
     keep = []
     for name in models:
+        get_model(name, seed=seed, **model_params.get(name, {}))  # a bad parameter is an error
         try:
             for fold in split.folds:
                 model = get_model(name, seed=seed, **model_params.get(name, {}))

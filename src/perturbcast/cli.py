@@ -34,6 +34,7 @@ from .cli_options import (
     err,
 )
 from .errors import InputError, Terminated
+from .repeated_warnings import WarnOnce, one_line_warning
 from .sigterm import raise_on_sigterm, stopped_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -202,10 +203,13 @@ def train(
         m.check_can_predict(exp, sorted({p for p, _ in chosen.test}), mask)
     if not resume:
         shutil.rmtree(resume_dir, ignore_errors=True)  # a stale run's checkpoints
-    with resumable(resume_dir, checkpoint_every, resume):
+    once = WarnOnce()  # the same notice from every inner-fold fit of base=auto: shown once
+    with resumable(resume_dir, checkpoint_every, resume), once.model(model):
         m.fit(exp, mask)
     if global_rank() != 0:
         return
+    if once.repeats_line("the inner folds and probes"):
+        err.print(once.repeats_line("the inner folds and probes"), highlight=False)
     m.save(out_dir)
     shutil.rmtree(resume_dir, ignore_errors=True)
     err.print(f"saved {model} model to {out_dir} ({len(m.genes)} genes, "
@@ -275,6 +279,7 @@ cli_tools.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with code 2."""
+    shown, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         with raise_on_sigterm():
             app(args=argv, standalone_mode=True)
@@ -286,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
             err.print(f"[bold red]stopped:[/] {stopped_line(exc.step)}", soft_wrap=True,
                       highlight=False)
         sys.exit(143)
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

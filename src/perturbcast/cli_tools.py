@@ -25,6 +25,7 @@ from .cli_options import (
     out,
 )
 from .errors import InputError
+from .utils import json_text
 
 
 def evaluate(
@@ -82,7 +83,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)  # (checked above) each file written atomically
     write_json(out_dir / "summary.json", summary)
     write_csv(res.per_perturbation.reset_index(), out_dir / "per_perturbation.csv")
-    out.print_json(json.dumps(summary, default=str))
+    out.print_json(json_text(summary))
     if res.by_context:
         err.print(f"scored per context ({len(res.by_context)}): {', '.join(res.by_context)}")
     err.print(f"wrote {out_dir}/summary.json and per_perturbation.csv")

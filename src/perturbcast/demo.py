@@ -42,8 +42,8 @@ def finish_benchmark(result, out_dir: Path, title: str, notes: list[str],
     print_summary(result.summary, title, result.best_baseline(), result.verdict())
     for cal in result.calibration():
         console.print(cal.line())
-    console.print(f"wrote {out_dir}/summary.csv, per_perturbation.csv, fits.csv, scores.png, "
-                  f"report.md, report.html")
+    wrote = sorted(f.name for f in Path(out_dir).iterdir() if f.is_file())
+    console.print(f"wrote {out_dir}/: {', '.join(wrote)}")
 
 
 def run_demo(out_dir: Path, split: str, seeds: list[int], console: Console) -> None:

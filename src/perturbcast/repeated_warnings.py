@@ -57,11 +57,18 @@ class WarnOnce:
         finally:
             warnings.showwarning = shown
 
-    def repeats_line(self) -> str | None:
+    def repeats_line(self, where: str = "other folds or seeds") -> str | None:
         """One line on the warnings not shown again, or None when there were none."""
         if not self.repeats:
             return None
         parts = ", ".join(f"{n} ({k})" for n, k in self.repeats.items())
         total = sum(self.repeats.values())
         return (f"{total} repeat{'s' if total > 1 else ''} of warnings shown above (the same "
-                f"warning on other folds or seeds) not shown again, by model: {parts}.")
+                f"warning on {where}) not shown again, by model: {parts}.")
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: ``warning: <message>``, without the source
+    file and line of code (``UserWarning`` unnamed; other categories named)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {message}\n"

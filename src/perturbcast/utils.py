@@ -63,9 +63,27 @@ def _chmod_like_new(path: Path, is_dir: bool) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file + rename); see :func:`json_text`."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json_text(obj, indent=2) + "\n")
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Standard JSON: NaN and infinities become ``null`` (Python's ``NaN`` is not JSON, and
+    jq or a browser refuse the file); numpy scalars and arrays become numbers and lists."""
+    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, float | np.floating):
+        return float(o) if np.isfinite(o) else None
+    return o
 
 
 def _json_default(o: Any) -> Any:

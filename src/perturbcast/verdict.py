@@ -120,9 +120,26 @@ def _spread(row: dict) -> str:
     return f"seed spread ±{row['score_sd']:.3f} over {row['n_seeds']} seeds"
 
 
-def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
+def bases_not_run(summary: pd.DataFrame, fits: pd.DataFrame | None, model: str) -> str:
+    """' Its base ...' when ``model`` (``base=auto``) stood on a baseline the benchmark did not
+    run: then part of its margin may be that baseline's, not the network's."""
+    if fits is None or "base" not in fits or fits.empty:
+        return ""
+    chosen = fits.loc[fits.model == model, "base"].dropna().astype(str)
+    missing = sorted(set(chosen) - set(summary.model) - {"none"})
+    if not missing:
+        return ""
+    counts = ", ".join(f"{b} in {int((chosen == b).sum())} of {len(chosen)} fits"
+                       for b in missing)
+    return (f" Its base ({counts}) was not run here, so part of that margin may be the "
+            f"base's, not the network's: add {','.join(missing)} to --models.")
+
+
+def verdict_line(summary: pd.DataFrame, baselines: Collection[str],
+                 fits: pd.DataFrame | None = None) -> str:
     """A plain-words verdict, e.g. ``transition beats the best baseline additive by +0.120 VCC
-    score (seed spread ±0.030 over 3 seeds; the difference exceeds it)``."""
+    score (seed spread ±0.030 over 3 seeds; the difference exceeds it)``; with ``fits`` (the
+    benchmark's, column ``base``), a winner whose chosen base was not run says so."""
     comp = compare_to_baselines(summary, baselines)
     if comp.empty:
         best = matched_best_baseline(summary, baselines)
@@ -135,10 +152,10 @@ def verdict_line(summary: pd.DataFrame, baselines: Collection[str]) -> str:
     if d > 0:
         if row["exceeds_spread"] is False:
             return (f"{m} scores {d:+.3f} VCC above the best baseline {b}, within the "
-                    f"{_spread(row)}: not a clear win.")
+                    f"{_spread(row)}: not a clear win." + bases_not_run(summary, fits, m))
         tail = "; the difference exceeds it" if row["exceeds_spread"] else ""
         return (f"{m} beats the best baseline {b} by {d:+.3f} VCC score ({_spread(row)}{tail})."
-                + side_note(summary, row))
+                + side_note(summary, row) + bases_not_run(summary, fits, m))
     tail = ""
     if row["exceeds_spread"] is not None:
         tail = "; the gap exceeds it" if row["exceeds_spread"] else "; within it"

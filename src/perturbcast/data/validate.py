@@ -28,14 +28,41 @@ def check_obs_column(obs: pd.DataFrame, key: str | None, option: str) -> None:
         )
 
 
+#: words that control labels usually contain: such values are named first in the error
+CONTROL_WORDS = ("control", "ctrl", "non-target", "nontarget", "non_target", "ntc", "scramble",
+                 "safe", "unperturbed", "vehicle", "dmso", "neg")
+
+
+#: labels of cells without one assigned perturbation (guide calling): announced, not guessed at
+UNASSIGNED = ("unassigned", "multiplet", "multiplets", "doublet", "doublets", "undetermined",
+              "ambiguous", "no_guide", "noguide", "not_assigned")
+
+
 def check_control(labels: np.ndarray, control: str, key: str) -> None:
     values = pd.unique(labels)
     if control not in set(values):
+        names = sorted(map(str, values))
+        likely = [v for v in names if any(w in v.lower() for w in CONTROL_WORDS)]
+        hint = suggest(control, values) or (
+            f" Control-like values: {preview(likely, 5)}." if likely else "")
         raise InputError(
-            f"control value {control!r} not found in obs[{key!r}].{suggest(control, values)} "
-            f"Values: {preview(sorted(map(str, values)))}. Pass --control with the label of "
-            f"your control cells."
+            f"control value {control!r} not found in obs[{key!r}].{hint} "
+            f"Values: {preview(likely + [v for v in names if v not in likely])}. Pass "
+            f"--control with the label of your control cells."
         )
+
+
+def check_unassigned(labels: np.ndarray, key: str) -> None:
+    """Announce cells labelled like guide-calling leftovers (:data:`UNASSIGNED`), which would
+    otherwise be trained on as a perturbation of that name without a word."""
+    odd = [v for v in pd.unique(labels.astype(str))
+           if v.strip().lower().replace(" ", "_") in UNASSIGNED]
+    if odd:
+        n = int(np.isin(labels.astype(str), odd).sum())
+        warnings.warn(f"obs[{key!r}]: {n} cells are labelled {preview(odd, 5)}, read as a "
+                      f"perturbation of that name; if they are cells without one assigned "
+                      f"perturbation, drop them before loading (read_experiment(..., "
+                      f"exclude={odd[:5]!r})).", stacklevel=3)
 
 
 def check_unique_names(adata) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from ..errors import InputError
 from .base import PerturbationModel
 from .baselines import (
@@ -14,6 +16,7 @@ from .baselines import (
 from .blend_baseline import BlendBaseline
 from .gene_baselines import KnnBaseline, LinearBaseline
 from .incontext import InContextModel
+from .param_types import check_param_types
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
@@ -27,13 +30,19 @@ MODELS.update({m.name: m for m in (FlowModel, TransitionModel, InContextModel)})
 
 def get_model_class(name: str) -> type[PerturbationModel]:
     if name not in MODELS:
-        raise InputError(f"unknown model {name!r}; available: {', '.join(MODELS)}.")
+        close = difflib.get_close_matches(str(name), list(MODELS), n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"unknown model {name!r};{hint} available: {', '.join(MODELS)}.")
     return MODELS[name]
 
 
 def get_model(name: str, **params) -> PerturbationModel:
-    """Instantiate a model by name (e.g. ``get_model('linear', ridge=0.1)``)."""
-    return get_model_class(name)(**params)
+    """Instantiate a model by name (e.g. ``get_model('linear', ridge=0.1)``); a parameter
+    value of the wrong kind (``max_steps='abc'``) is a one-line error before any work."""
+    cls = get_model_class(name)
+    check_param_types(name, {k: v for k, v in params.items() if k != "seed"},
+                      cls.param_defaults(), cls.loose_params)
+    return cls(**params)
 
 
 __all__ = ["BASELINES", "MODELS", "PerturbationModel", "get_model", "get_model_class"]

@@ -25,8 +25,8 @@ import pandas as pd
 from ..data.experiment import Experiment
 from ..data.labels import canonical_label
 from ..data.preprocess import uns_record
-from ..errors import InputError, preview
-from ..utils import atomic_path
+from ..errors import InputError, preview, suggest
+from ..utils import atomic_path, json_text
 from .prediction_rules import clip_keep_mean, context_control_mean
 
 Condition = tuple[str, str]
@@ -73,6 +73,17 @@ class PerturbationModel(ABC):
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return tuple(n for n, p in sig.parameters.items()
                      if p.kind in kinds and n not in ("self", "seed"))
+
+    #: parameters that take more than one kind of value (checked by the model itself)
+    loose_params: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Each parameter's default (the keyword defaults of ``__init__``; models with a table
+        of defaults override this), against which ``get_model`` checks the values' kinds."""
+        sig = inspect.signature(cls.__init__)
+        return {n: p.default for n, p in sig.parameters.items()
+                if n in cls.param_names() and p.default is not inspect.Parameter.empty}
 
     # ---- public API --------------------------------------------------------------------------
     def fit(self, exp: Experiment, train_mask: np.ndarray | None = None) -> PerturbationModel:
@@ -131,6 +142,12 @@ class PerturbationModel(ABC):
         conds, counts = _parse_conditions(conditions, n_cells)
         sep, control = self.keys.get("separator", "+"), self.keys.get("control", exp.control)
         conds = [(canonical_label(p, sep, control), c) for p, c in conds]
+        have = sorted({str(c) for c in exp.contexts[exp.is_control]})
+        lacking = sorted({str(c) for _, c in conds} - set(have))
+        if lacking:  # before the unseen-context notice, which would promise a prediction
+            raise InputError(f"no control cells for context {lacking[0]!r} in the input."
+                             f"{suggest(lacking[0], have)} Contexts with controls: "
+                             f"{preview(have)}.")
         unseen = sorted({c for _, c in conds} - set(self.contexts))
         if unseen:
             warnings.warn(f"{self.name}: context(s) {preview(unseen, 5)} were not in training "
@@ -141,11 +158,6 @@ class PerturbationModel(ABC):
         blocks, labels, ctxs = [], [], []
         for (pert, ctx), n in zip(conds, counts, strict=True):
             pool = np.flatnonzero(ctrl & (exp.contexts == ctx))
-            if pool.size == 0:
-                raise InputError(
-                    f"no control cells for context {ctx!r} in the input; contexts with "
-                    f"controls: {preview(sorted(set(exp.contexts[ctrl])))}."
-                )
             rng = np.random.default_rng([self.seed, zlib.crc32(f"{pert}|{ctx}".encode())])
             pick = np.sort(rng.choice(pool, n, replace=n > pool.size))  # n = pool: all once
             x_ctrl = exp.rows(pick)[:, gene_idx]
@@ -184,7 +196,7 @@ class PerturbationModel(ABC):
                       "params": self.params, "genes": self.genes.tolist(),
                       "vocabulary": self.vocabulary, "contexts": self.contexts, "keys": self.keys,
                       "trained_conditions": self.trained_conditions}
-            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            (tmp / "config.json").write_text(json_text(config, indent=2))
             np.savez(tmp / "state.npz", **self._state())
             self._save_extra(tmp)
         return path
@@ -196,6 +208,9 @@ class PerturbationModel(ABC):
 
         path = Path(path)
         cfg_file = path / "config.json"
+        if not path.exists():
+            raise InputError(f"model folder {path} does not exist; pass the --out folder of "
+                             f"`perturbcast train` (or a model's save() folder).")
         if not cfg_file.exists():
             raise InputError(f"{path} is not a saved perturbcast model (no config.json).")
         config = json.loads(cfg_file.read_text())

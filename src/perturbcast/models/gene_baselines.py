@@ -13,6 +13,7 @@ training contexts, else the context's mean delta; ``predict`` warns with how man
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -177,6 +178,11 @@ class KnnBaseline(GeneTableBaseline):
     def __init__(self, seed: int = 0, k: int | None = None,
                  k_grid: tuple[int, ...] | list[int] = (1, 3, 5, 10, 20),
                  embeddings: str = "default", n_components: int = 10, **params: Any) -> None:
+        whole = [k] if k is not None else []
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                   for v in [*whole, *k_grid]):
+            raise InputError(f"knn: k={k!r} and k_grid={k_grid!r} must be integers (k=None "
+                             "chooses k from k_grid); e.g. --param k=5.")
         if k is not None and int(k) < 1 or not list(k_grid) or min(k_grid) < 1:
             raise InputError(f"knn: k={k!r} and k_grid={list(k_grid)!r} must be >= 1 (k=None "
                              "chooses k from k_grid).")

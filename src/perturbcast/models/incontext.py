@@ -62,7 +62,7 @@ from ..modules.tabular import (
     prompt_mask,
 )
 from ..modules.tabular_cache import encode_prompt, predict_queries
-from ..utils import seed_everything
+from ..utils import json_text, seed_everything
 from .base import Condition, PerturbationModel
 from .fallback import BaseFallback
 from .incontext_fit import fit_phases
@@ -108,9 +108,15 @@ class InContextModel(BaseFallback, PerturbationModel):
         self.bank: dict[str, np.ndarray] = {}
         self.training_summary: dict[str, Any] = {}
 
+    loose_params: ClassVar[tuple[str, ...]] = ("shrink",)
+
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
         return tuple(DEFAULTS)
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        return dict(DEFAULTS)
 
     def check_can_predict(self, exp: Experiment, perturbations: Iterable[str],
                           train_mask: np.ndarray | None = None) -> None:
@@ -290,7 +296,7 @@ class InContextModel(BaseFallback, PerturbationModel):
         self.net.eval()
 
     def _save_extra(self, directory: Path) -> None:
-        (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))
+        (directory / "training.json").write_text(json_text(self.training_summary, indent=2))
 
     def _load_extra(self, directory: Path) -> None:
         f = directory / "training.json"

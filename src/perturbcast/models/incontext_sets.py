@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, suggest
 from ..modules.tabular import ROLE_CONTROL, ROLE_PERTURBED, ROLE_QUERY
 
 
@@ -171,8 +171,11 @@ class PromptSource:
         idx, rule = prompt_cells(self.perts[non_ctrl], self.ctxs[non_ctrl], pert, ctx,
                                  self.components)
         if not rule:
+            known = set(self.perts[non_ctrl])
+            hint = "" if pert in known else suggest(pert, sorted(known))
             raise InputError(f"no prompt cells for perturbation {pert!r} (context {ctx!r}) in "
-                             f"{self.what}; pass prompt= (--prompt FILE) with cells of it.")
+                             f"{self.what}.{hint} Pass prompt= (--prompt FILE) with cells of "
+                             f"it.")
         if not self.ctrl_idx.size:
             raise InputError(f"{self.what} has no control cells; the prompt needs controls "
                              f"beside the perturbed cells.")

@@ -129,5 +129,5 @@ def _known(models: Sequence[str], key: str) -> str:
     names = sorted({n for m in models for n in get_model_class(m).param_names()})
     close = difflib.get_close_matches(key, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return hint + (f" Their parameters: {', '.join(names)}" if names else
+    return hint + (f"{'' if close else '.'} Their parameters: {', '.join(names)}" if names else
                    "; they take no parameters")

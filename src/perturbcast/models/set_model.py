@@ -108,6 +108,11 @@ class SetModel(SetModelState, BaseFallback, PerturbationModel):
     takes_embeddings: ClassVar[bool] = True
     use_time: ClassVar[bool] = False
     extra_defaults: ClassVar[dict[str, Any]] = {}
+    loose_params: ClassVar[tuple[str, ...]] = ("max_epochs", "shrink", "devices")
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        return {**DEFAULTS, **cls.extra_defaults}
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS) - set(self.extra_defaults)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import json_text
 from .latent import LatentSpace
 from .perturbation_features import PerturbationFeatures
 
@@ -48,7 +49,7 @@ class SetModelState:
         self._set_fallback_state(state)
 
     def _save_extra(self, directory: Path) -> None:
-        (directory / "training.json").write_text(json.dumps(self.training_summary, indent=2))
+        (directory / "training.json").write_text(json_text(self.training_summary, indent=2))
 
     def _load_extra(self, directory: Path) -> None:
         f = directory / "training.json"

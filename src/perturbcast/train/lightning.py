@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -243,7 +244,9 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     ckpt = None
     if resume is not None and resume.resume:
         ckpt = str(resume.last) if resume.last.exists() else None
-        _check_resumable(ckpt, meta)
+        step = _check_resumable(ckpt, meta)
+        if int(os.environ.get("RANK", "0")) == 0:  # the user sees where it continues
+            print(f"resuming from step {step} ({ckpt})", file=sys.stderr, flush=True)
     val_dl = DataLoader(_Fixed(val_batches), batch_size=None) if val_batches else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -273,15 +276,16 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
             "val_loss_per_epoch": module.history}
 
 
-def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> None:
-    """Fail with one line when there is no checkpoint, or it is of another training run."""
+def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> int:
+    """Fail with one line when there is no checkpoint, or it is of another training run;
+    else return the checkpoint's step."""
     import json
-
 
     if ckpt is None:
         raise InputError("--resume: no checkpoint to resume from; run again without --resume.")
     try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("perturbcast")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = state.get("perturbcast")
     except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
         raise InputError(f"--resume: {ckpt} cannot be read ({type(exc).__name__}); run again "
                          "without --resume.") from exc
@@ -290,3 +294,4 @@ def _check_resumable(ckpt: str | None, meta: dict[str, Any]) -> None:
     if not same:
         raise InputError(f"--resume: {ckpt} is from a run with other data, model or parameters; "
                          "rerun with the same options, or without --resume.")
+    return int(state.get("global_step", 0))
