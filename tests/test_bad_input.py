@@ -102,6 +102,7 @@ TRAIN_CASES = [
     ("param-not-a-bool", None, ["--model", "flow", "--param", "ot=yes"],
      "flow: ot='yes' is not true or false"),
     ("param-knn-k", None, ["--model", "knn", "--param", "k=abc"], "must be integers"),
+    ("param-knn-k-grid", None, ["--model", "knn", "--param", "k_grid=5"], "must be integers"),
     ("bad-param", None, ["--param", "noequals"], "is not KEY=VALUE"),
 ]
 
@@ -344,3 +345,13 @@ def test_existing_folder_outputs_refused_before_any_work(command, files, tmp_pat
     assert code == 2 and "already exists; pass --overwrite" in " ".join(err.split()), err
     assert (command == "report") == ("--out" not in err), err  # report has no --out to offer
     assert (out / "report.html").read_text() == "mine"
+
+
+def test_a_wrong_kind_of_value_fails_before_the_data_is_read(tmp_path, capsys):
+    for command in (["train", "--model", "transition", "--out", str(tmp_path / "m")],
+                    ["benchmark", "--models", "transition", "--out", str(tmp_path / "b")]):
+        code, err = _cli([*command, "--data", str(tmp_path / "absent.h5ad"), *KEYS,
+                          "--param", "max_steps=abc"], capsys)
+        assert code == 2 and "max_steps='abc' is not an integer" in err, err
+    assert list(tmp_path.iterdir()) == []
+

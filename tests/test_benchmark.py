@@ -185,6 +185,11 @@ def test_a_bad_parameter_value_is_an_error_not_a_left_out_model():
     with pytest.raises(InputError, match="max_steps='abc' is not an integer"):
         check_folds(exp, split, ["cell_mean", "transition"],
                     {"transition": {"max_steps": "abc"}}, skip_unable=True)
+    # a valid value some models refuse (linear, knn need vectors) still leaves them out
+    with pytest.warns(UserWarning, match="linear is left out"):
+        kept = check_folds(exp, split, ["cell_mean", "linear", "knn"],
+                           {"linear": {"embeddings": "none"}}, skip_unable=True)
+    assert kept == ["cell_mean", "knn"]
 
 
 def test_a_vcc_win_with_worse_pearson_delta_and_mae_is_called_nominal():

@@ -51,3 +51,15 @@ def test_json_is_standard_nan_becomes_null(tmp_path):
     assert got == {"a": None, "b": None, "c": [1.5, None, 3], "d": [0.5, None],
                    "e": {"f": None, "g": "text", "h": None}}
     assert json.loads(json_text({"x": np.float64(0.25)})) == {"x": 0.25}
+
+
+def test_whole_number_floats_are_integers():
+    """--param max_steps=1e3 arrives from JSON as 1000.0: an integer, not refused."""
+    from perturbcast import InputError, get_model
+
+    m = get_model("transition", max_steps=1e3, patience=2.0)
+    assert m.params["max_steps"] == 1000 and type(m.params["max_steps"]) is int
+    for bad in (2.5, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="is not an integer"):
+            get_model("transition", max_steps=bad)
+

@@ -25,7 +25,7 @@ from .errors import InputError
 from .eval.de import FdrMode
 from .eval.evaluate import METRICS, UNSCORED, Reference, evaluate, vcc_score
 from .eval.report_data import ReportData
-from .models import BASELINES, MODELS, get_model
+from .models import BASELINES, MODELS, check_params, get_model
 from .models.base import PerturbationModel
 from .repeated_warnings import WarnOnce
 from .utils import progress
@@ -108,7 +108,7 @@ def check_folds(exp: Experiment, split: Split, models: list[str],
     warning naming it and why (for "every model" defaults); returns the models kept."""
     keep = []
     for name in models:
-        get_model(name, seed=seed, **model_params.get(name, {}))  # a bad parameter is an error
+        check_params(name, model_params.get(name, {}))  # a value of the wrong kind: an error
         try:
             for fold in split.folds:
                 model = get_model(name, seed=seed, **model_params.get(name, {}))

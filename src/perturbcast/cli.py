@@ -99,10 +99,12 @@ def benchmark(
     from .data import Split, make_split
     from .datasets.tasks import load_task
     from .demo import finish_benchmark
+    from .models import check_params
     from .models.selection import parse_param_items, parse_seeds, route_params, select_models
 
     names = select_models(models)
-    model_params = route_params(names, parse_param_items(param))
+    model_params = {n: check_params(n, p)  # wrong-kind values fail before any reading
+                    for n, p in route_params(names, parse_param_items(param)).items()}
     seed_list = parse_seeds(seeds) if seeds else [seed]
     if task:
         given = [split, n_folds, min_cells, drop_small_groups or None, perturbation_key,
@@ -178,9 +180,10 @@ def train(
 
     _check_out(out_dir, overwrite, is_dir=True)
     resume_dir = out_dir.parent / f".{out_dir.name}.resume"
-    from .models import get_model
+    from .models import check_params, get_model
     from .models.selection import parse_param_items, route_params
 
+    check_params(model, route_params([model], parse_param_items(param))[model])  # before reading
     exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
     mask = None
     if split_file is not None:

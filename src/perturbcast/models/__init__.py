@@ -39,10 +39,16 @@ def get_model_class(name: str) -> type[PerturbationModel]:
 def get_model(name: str, **params) -> PerturbationModel:
     """Instantiate a model by name (e.g. ``get_model('linear', ridge=0.1)``); a parameter
     value of the wrong kind (``max_steps='abc'``) is a one-line error before any work."""
+    seed = {"seed": params.pop("seed")} if "seed" in params else {}
+    return get_model_class(name)(**seed, **check_params(name, params))
+
+
+def check_params(name: str, params: dict) -> dict:
+    """``params`` for model ``name`` with each value's kind checked against its default's (see
+    :mod:`~perturbcast.models.param_types`); call it before reading data to fail early."""
     cls = get_model_class(name)
-    check_param_types(name, {k: v for k, v in params.items() if k != "seed"},
-                      cls.param_defaults(), cls.loose_params)
-    return cls(**params)
+    return check_param_types(name, params, cls.param_defaults(), cls.loose_params)
 
 
-__all__ = ["BASELINES", "MODELS", "PerturbationModel", "get_model", "get_model_class"]
+__all__ = ["BASELINES", "MODELS", "PerturbationModel", "check_params", "get_model",
+           "get_model_class"]

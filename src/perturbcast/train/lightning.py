@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from ..errors import InputError, Terminated
 from ..sigterm import ignore_further_sigterm, lightning_handles_sigterm
 from .batch_streams import _Draws, _Fixed, _Stream
-from .distributed import check_strategy
+from .distributed import check_strategy, global_rank
 from .resume import Resume, current_resume
 
 Batch = dict[str, Tensor]
@@ -245,7 +245,8 @@ def train_network(net: nn.Module, loss_fn: LossFn, make_batch: Callable[[], Batc
     if resume is not None and resume.resume:
         ckpt = str(resume.last) if resume.last.exists() else None
         step = _check_resumable(ckpt, meta)
-        if int(os.environ.get("RANK", "0")) == 0:  # the user sees where it continues
+        rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))  # before fit's init
+        if global_rank() == 0 and int(rank) == 0:  # once, however the ranks were launched
             print(f"resuming from step {step} ({ckpt})", file=sys.stderr, flush=True)
     val_dl = DataLoader(_Fixed(val_batches), batch_size=None) if val_batches else None
     with warnings.catch_warnings():
