@@ -171,6 +171,8 @@ def test_verdict_says_when_the_winners_base_was_not_run():
                          "margin may be the base's, not the network's: add blend to --models.")
     ran = pd.DataFrame({"model": ["transition"] * 2, "base": ["additive", "none"]})
     assert verdict_line(wins, BASELINES, ran) == verdict_line(wins, BASELINES)
+    assert "(blend in 2 of 3 fits) was not run here" in verdicts(wins, "additive", fits)[0]
+    assert "was not run" not in verdicts(wins, "additive", ran)[0]  # the HTML report's too
 
 
 def test_a_bad_parameter_value_is_an_error_not_a_left_out_model():

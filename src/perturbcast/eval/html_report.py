@@ -45,11 +45,13 @@ def best_baseline(summary: pd.DataFrame) -> str | None:
     return BenchmarkResult(summary, pd.DataFrame(), {}).best_baseline()
 
 
-def verdicts(summary: pd.DataFrame, best: str | None) -> list[str]:
+def verdicts(summary: pd.DataFrame, best: str | None,
+             fits: pd.DataFrame | None = None) -> list[str]:
     """One plain sentence per learned model against its best baseline (the one with the same
     gene table, :func:`perturbcast.verdict.compare_to_baselines`): better, worse or within the
-    seed spread (|difference| <= the sd of the model's score over seeds)."""
-    from ..verdict import compare_to_baselines, side_note
+    seed spread (|difference| <= the sd of the model's score over seeds); with ``fits``, a
+    model above its baseline whose chosen base was not run says so."""
+    from ..verdict import bases_not_run, compare_to_baselines, side_note
 
     rows = summary.set_index("model")
     if best is None:
@@ -76,7 +78,7 @@ def verdicts(summary: pd.DataFrame, best: str | None) -> list[str]:
             tail = f"It beats {b} by more than the seed spread (±{c['score_sd']:.3f})."
         else:
             tail = f"It is worse than {b} by more than the seed spread (±{c['score_sd']:.3f})."
-        tail += side_note(summary, c)
+        tail += side_note(summary, c) + (bases_not_run(summary, fits, m) if diff > 0 else "")
         if c["score"] == 0 and c["baseline_score"] == 0:
             tail += " Neither beats cell_mean on the VCC score."
         out.append(f"{head} {tail}")
@@ -166,6 +168,7 @@ def render_html(directory: str | Path) -> str:
                          "rerun `perturbcast benchmark` to write it.")
     per_path = directory / "per_perturbation.csv"
     per_pert = pd.read_csv(per_path) if per_path.exists() else None
+    fits = pd.read_csv(directory / "fits.csv") if (directory / "fits.csv").exists() else None
     data = load_report_data(directory)
     best = best_baseline(summary)
     learned = [m for m in summary.model if m not in _baselines()]
@@ -175,7 +178,7 @@ def render_html(directory: str | Path) -> str:
              else f"perturbcast report: {directory.name}")
     parts = [f"<h1>{html.escape(title)}</h1>",
              '<section id="verdict"><h2>Verdict</h2><div class="verdict">'
-             + "".join(f"<p>{html.escape(v)}</p>" for v in verdicts(summary, best))
+             + "".join(f"<p>{html.escape(v)}</p>" for v in verdicts(summary, best, fits))
              + "</div></section>",
              '<section id="scores"><h2>Scores against the best baseline</h2>'
              "<p>VCC score: mae, discrimination_score_l1 and overlap_at_N, each normalised "
