@@ -183,7 +183,7 @@ def train(
     from .models import check_params, get_model
     from .models.selection import parse_param_items, route_params
 
-    check_params(model, route_params([model], parse_param_items(param))[model])  # before reading
+    params = check_params(model, route_params([model], parse_param_items(param))[model])
     exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
     mask = None
     if split_file is not None:
@@ -192,7 +192,6 @@ def train(
     from .models import get_model_class
     from .train.distributed import global_rank
 
-    params = route_params([model], parse_param_items(param))[model]
     dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
             "strategy": strategy, "precision": precision}
     if "devices" not in get_model_class(model).param_names():

@@ -81,7 +81,7 @@ def read_experiment(
     validate.check_not_empty(adata)
 
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
-    validate.check_unassigned(labels[keep], perturbation_key)
+    validate.check_unassigned(labels, perturbation_key, exclude)
     contexts = (
         obs[context_key].astype(str).to_numpy()
         if context_key

@@ -42,7 +42,7 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
     contexts = (str_labels(obs[context_key]) if context_key
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
     keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
-    validate.check_unassigned(labels[keep], perturbation_key)
+    validate.check_unassigned(labels, perturbation_key, exclude)
     if drop_small_groups and min_cells > 1:
         size = validate.group_sizes(labels, contexts)
         keep &= (size >= min_cells) | (labels == control)

@@ -52,13 +52,14 @@ def check_control(labels: np.ndarray, control: str, key: str) -> None:
         )
 
 
-def check_unassigned(labels: np.ndarray, key: str) -> None:
+def check_unassigned(labels: np.ndarray, key: str, exclude=()) -> None:
     """Announce cells labelled like guide-calling leftovers (:data:`UNASSIGNED`), which would
-    otherwise be trained on as a perturbation of that name without a word."""
-    odd = [v for v in pd.unique(labels.astype(str))
-           if v.strip().lower().replace(" ", "_") in UNASSIGNED]
+    otherwise be trained on as a perturbation of that name without a word (labels in
+    ``exclude`` are being dropped: not announced)."""
+    odd = [v for v in map(str, pd.unique(labels))
+           if v not in exclude and v.strip().lower().replace(" ", "_") in UNASSIGNED]
     if odd:
-        n = int(np.isin(labels.astype(str), odd).sum())
+        n = int(np.isin(labels, odd).sum())
         warnings.warn(f"obs[{key!r}]: {n} cells are labelled {preview(odd, 5)}, read as a "
                       f"perturbation of that name; if they are cells without one assigned "
                       f"perturbation, drop them before loading (read_experiment(..., "

@@ -65,25 +65,21 @@ class PerturbationModel(ABC):
 
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
-        """Names of the parameters this model takes (``--param KEY=VALUE``, ``get_model``).
-
-        Default: the keyword parameters of ``__init__`` other than ``seed``; a model that takes
-        ``**params`` with a table of defaults overrides this."""
-        sig = inspect.signature(cls.__init__)
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return tuple(n for n, p in sig.parameters.items()
-                     if p.kind in kinds and n not in ("self", "seed"))
+        """Names of the parameters this model takes (``--param KEY=VALUE``, ``get_model``)."""
+        return tuple(cls.param_defaults())
 
     #: parameters that take more than one kind of value (checked by the model itself)
     loose_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:
-        """Each parameter's default (the keyword defaults of ``__init__``; models with a table
-        of defaults override this), against which ``get_model`` checks the values' kinds."""
+        """Each parameter and its default, against which ``get_model`` checks the values'
+        kinds. Default: the keyword parameters of ``__init__`` other than ``seed``; a model
+        that takes ``**params`` with a table of defaults overrides this."""
         sig = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return {n: p.default for n, p in sig.parameters.items()
-                if n in cls.param_names() and p.default is not inspect.Parameter.empty}
+                if p.kind in kinds and n not in ("self", "seed")}
 
     # ---- public API --------------------------------------------------------------------------
     def fit(self, exp: Experiment, train_mask: np.ndarray | None = None) -> PerturbationModel:

@@ -178,11 +178,10 @@ class KnnBaseline(GeneTableBaseline):
     def __init__(self, seed: int = 0, k: int | None = None,
                  k_grid: tuple[int, ...] | list[int] = (1, 3, 5, 10, 20),
                  embeddings: str = "default", n_components: int = 10, **params: Any) -> None:
-        grid = list(k_grid) if isinstance(k_grid, list | tuple | np.ndarray) else [k_grid]
-        whole = [k] if k is not None else []
-        if not isinstance(k_grid, list | tuple | np.ndarray) or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                for v in [*whole, *grid]):
+        is_grid = isinstance(k_grid, list | tuple | np.ndarray)
+        values = [*([] if k is None else [k]), *(k_grid if is_grid else [])]
+        if not is_grid or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                  for v in values):
             raise InputError(f"knn: k={k!r} and k_grid={k_grid!r} must be integers (k=None "
                              "chooses k from k_grid); e.g. --param k=5.")
         if k is not None and int(k) < 1 or not list(k_grid) or min(k_grid) < 1:

@@ -111,10 +111,6 @@ class InContextModel(BaseFallback, PerturbationModel):
     loose_params: ClassVar[tuple[str, ...]] = ("shrink",)
 
     @classmethod
-    def param_names(cls) -> tuple[str, ...]:
-        return tuple(DEFAULTS)
-
-    @classmethod
     def param_defaults(cls) -> dict[str, Any]:
         return dict(DEFAULTS)
 

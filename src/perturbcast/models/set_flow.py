@@ -21,7 +21,7 @@ from ..modules import flow as cfm
 from ..modules.losses import energy_loss
 from ..modules.ot import ot_pairing
 from ..modules.set_net import ConditionalSetNet
-from .set_model import COND_KEYS, DEFAULTS, SetModel
+from .set_model import COND_KEYS, SetModel
 
 
 def set_mean_error(pred: Tensor, target: Tensor) -> Tensor:
@@ -31,11 +31,6 @@ def set_mean_error(pred: Tensor, target: Tensor) -> Tensor:
     not change a set's mean, so this is a low-noise signal for the mean change of the set.
     """
     return (pred.mean(1) - target.mean(1)).pow(2).sum(-1).mean()
-
-
-def _set_param_names(cls) -> tuple[str, ...]:
-    """A set model's parameters: the shared DEFAULTS and the subclass's extra_defaults."""
-    return tuple(dict.fromkeys([*DEFAULTS, *cls.extra_defaults]))
 
 
 def _cond(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -54,7 +49,6 @@ class FlowModel(SetModel):
     use_time: ClassVar[bool] = True
     extra_defaults: ClassVar[dict[str, Any]] = dict(steps=10, solver="midpoint", sigma=0.0,
                                                     ot=True, cell_noise=0.0, mean_weight=0.0)
-    param_names = classmethod(_set_param_names)
 
     def arrange(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
         if not self.params["ot"]:
@@ -92,7 +86,6 @@ class TransitionModel(SetModel):
     name: ClassVar[str] = "transition"
     use_time: ClassVar[bool] = False
     extra_defaults: ClassVar[dict[str, Any]] = dict(mean_weight=1.0)
-    param_names = classmethod(_set_param_names)
 
     def loss(self, net: ConditionalSetNet, batch: dict[str, Tensor]) -> Tensor:
         pred = net(batch["x0"], _cond(batch))
