@@ -104,6 +104,18 @@ TRAIN_CASES = [
     ("param-knn-k", None, ["--model", "knn", "--param", "k=abc"], "must be integers"),
     ("param-knn-k-grid", None, ["--model", "knn", "--param", "k_grid=5"], "must be integers"),
     ("bad-param", None, ["--param", "noequals"], "is not KEY=VALUE"),
+    # a number out of its range or not finite: one line before any fitting (was accepted, and
+    # inf was saved as null in config.json)
+    ("param-negative-lr", None, ["--model", "transition", "--param", "lr=-0.1"],
+     "transition: lr=-0.1 is out of range (a finite number above 0); e.g. --param lr=0.001"),
+    ("param-infinite", None, ["--model", "flow", "--param", "memory_budget_gb=Infinity"],
+     "memory_budget_gb=inf is out of range"),
+    ("param-fraction", None, ["--model", "transition", "--param", "val_fraction=1"],
+     "val_fraction=1 is out of range (a finite number in [0, 1))"),
+    ("param-max-epochs-text", None, ["--model", "transition", "--param", "max_epochs=abc"],
+     "max_epochs='abc' is not a number or none"),
+    ("param-devices-text", None, ["--model", "transition", "--param", "devices=two"],
+     "devices='two' is not a whole number or auto"),
 ]
 
 
@@ -347,11 +359,14 @@ def test_existing_folder_outputs_refused_before_any_work(command, files, tmp_pat
     assert (out / "report.html").read_text() == "mine"
 
 
-def test_a_wrong_kind_of_value_fails_before_the_data_is_read(tmp_path, capsys):
-    for command in (["train", "--model", "transition", "--out", str(tmp_path / "m")],
-                    ["benchmark", "--models", "transition", "--out", str(tmp_path / "b")]):
+@pytest.mark.parametrize("value, message", [("max_steps=abc", "max_steps='abc' is not an integer"),
+                                            ("ridge=-1", "ridge=-1 is out of range")])
+def test_a_wrong_kind_of_value_fails_before_the_data_is_read(value, message, tmp_path, capsys):
+    model = "linear" if value.startswith("ridge") else "transition"
+    for command in (["train", "--model", model, "--out", str(tmp_path / "m")],
+                    ["benchmark", "--models", model, "--out", str(tmp_path / "b")]):
         code, err = _cli([*command, "--data", str(tmp_path / "absent.h5ad"), *KEYS,
-                          "--param", "max_steps=abc"], capsys)
-        assert code == 2 and "max_steps='abc' is not an integer" in err, err
+                          "--param", value], capsys)
+        assert code == 2 and message in err, err
     assert list(tmp_path.iterdir()) == []
 

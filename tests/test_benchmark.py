@@ -233,6 +233,11 @@ def test_tied_scores_star_the_reference():
     tie = _summary([("control", 0.0, 0.0, 1, None, None), ("cell_mean", 0.0, 0.0, 1, None,
                                                             None)])
     assert matched_best_baseline(tie, BASELINES) == "cell_mean"
+    # an exact tie of two other baselines (kang18: context_mean and additive predict the same)
+    # stars the simpler one, in either row order (it went to the later row)
+    rows = [("context_mean", 0.02, 0.0, 1, None, None), ("additive", 0.02, 0.0, 1, None, None)]
+    for order in (rows, rows[::-1]):
+        assert matched_best_baseline(_summary(order), BASELINES) == "context_mean"
 
 
 def test_param_names_default_is_the_init_signature():

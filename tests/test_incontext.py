@@ -322,9 +322,11 @@ def test_a_misspelt_perturbation_gets_a_did_you_mean():
                        "control", lambda p: (p,), "the model's prompt bank")
     rng = np.random.default_rng(0)
     assert src.prompt("stimulated", "NK", 2, rng).shape == (4, 3)
-    with pytest.raises(InputError, match="Did you mean: 'stimulated'\\? Pass prompt="):
+    with pytest.raises(InputError, match="Did you mean: 'stimulated'\\? If it is a new "
+                                         "perturbation, pass prompt="):
         src.prompt("stimulted", "NK", 2, rng)
     with pytest.raises(InputError) as exc:
         src.prompt("IFNG", "NK", 2, rng)  # nothing close: no suggestion
-    assert "Did you mean" not in str(exc.value)
+    assert "Did you mean" not in str(exc.value) and "IFNG' (context 'NK') in the model's " \
+        "prompt bank. Pass prompt=" in str(exc.value)
 

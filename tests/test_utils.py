@@ -53,6 +53,30 @@ def test_json_is_standard_nan_becomes_null(tmp_path):
     assert json.loads(json_text({"x": np.float64(0.25)})) == {"x": 0.25}
 
 
+def test_numbers_out_of_range_are_refused_when_the_model_is_made():
+    """Every numeric parameter is finite and in its range, by get_model and by the class
+    itself, so no saved config holds a number JSON cannot write (inf was saved as null)."""
+    from perturbcast import InputError, get_model
+    from perturbcast.models import MODELS
+    from perturbcast.models.param_types import RANGES
+
+    for bad in ({"lr": 0}, {"lr": float("inf")}, {"lr": float("nan")}, {"max_epochs": -1},
+                {"context_dropout": 1.0}, {"memory_budget_gb": float("inf")}, {"depth": 0},
+                {"shrink": 1.5}, {"inner_folds": 1}):
+        for make in (lambda kw: get_model("transition", **kw),
+                     lambda kw: MODELS["transition"](**kw)):
+            with pytest.raises(InputError, match=f"{next(iter(bad))}=.* out of range|"
+                                                 "must be at least 2"):
+                make(bad)
+    with pytest.raises(InputError, match="ridge=-0.5 is out of range"):
+        MODELS["linear"](ridge=-0.5)
+    # every model's defaults are inside the ranges, and the edges that are allowed are taken
+    for cls in MODELS.values():
+        cls()
+    get_model("transition", max_steps=0, val_fraction=0.0, max_epochs="none", shrink=0)
+    assert set(RANGES) <= {k for c in MODELS.values() for k in c.param_defaults()}
+
+
 def test_whole_number_floats_are_integers():
     """--param max_steps=1e3 arrives from JSON as 1000.0: an integer, not refused."""
     from perturbcast import InputError, get_model

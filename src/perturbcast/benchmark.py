@@ -108,7 +108,7 @@ def check_folds(exp: Experiment, split: Split, models: list[str],
     warning naming it and why (for "every model" defaults); returns the models kept."""
     keep = []
     for name in models:
-        check_params(name, model_params.get(name, {}))  # a value of the wrong kind: an error
+        check_params(name, model_params.get(name, {}))  # wrong kind or out of range: an error
         try:
             for fold in split.folds:
                 model = get_model(name, seed=seed, **model_params.get(name, {}))

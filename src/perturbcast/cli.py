@@ -18,6 +18,7 @@ from .cli_options import (
     CtxKey,
     DataOpt,
     DropSmall,
+    Exclude,
     FoldOpt,
     Layer,
     Overwrite,
@@ -46,7 +47,7 @@ Seeds = Annotated[str | None, typer.Option(
     "seed and reported as mean ± sd (baselines are deterministic and run once). Default: "
     "--seed.")]
 TASK_FIXED = ("--split", "--n-folds", "--min-cells", "--drop-small-groups", "--perturbation-key",
-              "--control", "--context-key", "--batch-key", "--layer")
+              "--control", "--context-key", "--batch-key", "--layer", "--exclude")
 
 
 @app.command()
@@ -90,7 +91,7 @@ def benchmark(
     seeds: Seeds = None,
     min_cells: Annotated[int | None, typer.Option(
         "--min-cells", help="Smallest allowed group (default 3).")] = None,
-    drop_small_groups: DropSmall = False,
+    drop_small_groups: DropSmall = False, exclude: Exclude = None,
     param: Params = None, overwrite: Overwrite = False,
 ) -> None:
     """Run models over all folds; write summary.csv, per_perturbation.csv and fits.csv."""
@@ -103,12 +104,12 @@ def benchmark(
     from .models.selection import parse_param_items, parse_seeds, route_params, select_models
 
     names = select_models(models)
-    model_params = {n: check_params(n, p)  # wrong-kind values fail before any reading
+    model_params = {n: check_params(n, p)  # bad kinds or ranges fail before any reading
                     for n, p in route_params(names, parse_param_items(param)).items()}
     seed_list = parse_seeds(seeds) if seeds else [seed]
     if task:
         given = [split, n_folds, min_cells, drop_small_groups or None, perturbation_key,
-                 control, context_key, batch_key, layer]
+                 control, context_key, batch_key, layer, exclude]
         clash = [opt for opt, v in zip(TASK_FIXED, given, strict=True) if v is not None]
         if clash:
             raise InputError(f"--task {task} sets its own keys, cell filter and split; drop "
@@ -120,7 +121,7 @@ def benchmark(
                              "--control.")
         exp = _read(data, perturbation_key, control, context_key, batch_key, layer,
                     min_cells=3 if min_cells is None else min_cells,
-                    drop_small_groups=drop_small_groups)
+                    drop_small_groups=drop_small_groups, exclude=exclude)
         split = split or "unseen-perturbation"
         sp = (Split.from_json(split) if split.endswith(".json")
               else make_split(exp, split, n_folds=n_folds or 5, seed=seed))
@@ -138,13 +139,13 @@ def split(
     out_file: Annotated[Path, typer.Option("--out", help="Split .json to write.")],
     kind: Annotated[str, typer.Option("--split")] = "unseen-perturbation",
     context_key: CtxKey = None, n_folds: Annotated[int, typer.Option("--n-folds")] = 5,
-    seed: Seed = 0, overwrite: Overwrite = False,
+    seed: Seed = 0, exclude: Exclude = None, overwrite: Overwrite = False,
 ) -> None:
     """Write a deterministic split (JSON) of the file's conditions."""
     _check_out(out_file, overwrite, is_dir=False)
     from .data import make_split
 
-    exp = _read(data, perturbation_key, control, context_key, None, None)
+    exp = _read(data, perturbation_key, control, context_key, None, None, exclude=exclude)
     sp = make_split(exp, kind, n_folds=n_folds, seed=seed)
     sp.to_json(out_file)
     err.print(f"wrote {out_file}: {len(sp.folds)} folds")
@@ -157,7 +158,8 @@ def train(
     model: Annotated[str, typer.Option("--model", help="Model name.")] = "linear",
     context_key: CtxKey = None, batch_key: BatchKey = None, layer: Layer = None,
     split_file: SplitFile = None, fold: FoldOpt = None, seed: Seed = 0,
-    backed: Backed = False, param: Params = None, overwrite: Overwrite = False,
+    backed: Backed = False, exclude: Exclude = None, param: Params = None,
+    overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the "
                                          "same command from its last checkpoint.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Training steps "
@@ -184,7 +186,8 @@ def train(
     from .models.selection import parse_param_items, route_params
 
     params = check_params(model, route_params([model], parse_param_items(param))[model])
-    exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed)
+    exp = _read(data, perturbation_key, control, context_key, batch_key, layer, backed,
+                exclude=exclude)
     mask = None
     if split_file is not None:
         chosen = _fold(split_file, fold)
@@ -260,7 +263,7 @@ def predict(
                       f"its cells are predicted as batch 'unknown'.", stacklevel=1)
         batch_key = None
     exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], batch_key, layer,
-                backed, min_cells=1)
+                backed, min_cells=1, exclude=k.get("exclude"), announce=False)
     perts = perturbations.split(",") if perturbations else m.vocabulary
     ctxs = contexts.split(",") if contexts else sorted(set(exp.contexts[exp.is_control]))
     conditions = (_held_out_conditions(split_file, fold, exp, m) if split_file is not None

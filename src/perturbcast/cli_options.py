@@ -27,6 +27,10 @@ Params = Annotated[list[str] | None, typer.Option(
     "embeddings=genes.csv. A key no selected model has is an error.")]
 DropSmall = Annotated[bool, typer.Option("--drop-small-groups",
                                          help="Drop groups below --min-cells.")]
+Exclude = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="Perturbation labels whose cells are dropped on reading, e.g. "
+    "unassigned,multiplet (comma-separated or repeated); a trained model drops them when "
+    "predicting too.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 SplitFile = Annotated[Path | None, typer.Option("--split", help="Split .json (from `perturbcast "
                                                 "split`).")]
@@ -81,12 +85,29 @@ def _held_out_conditions(split_file: Path, fold: str | None, exp, model
 
 
 def _read(data, perturbation_key, control, context_key, batch_key, layer, backed=False,
-          min_cells=3, drop_small_groups=False):
-    from .data import read_experiment
+          min_cells=3, drop_small_groups=False, exclude=None, announce=True):
+    """read_experiment; ``exclude`` as from --exclude (a model's saved labels: announce=False,
+    so labels a file lacks pass without a word)."""
+    import warnings
 
-    return read_experiment(data, perturbation_key, control, context_key=context_key,
-                           batch_key=batch_key, layer=layer, backed=backed,
-                           min_cells=min_cells, drop_small_groups=drop_small_groups)
+    from .data import read_experiment
+    from .errors import suggest
+
+    labels = [x.strip() for item in exclude or [] for x in str(item).split(",") if x.strip()]
+    exp = read_experiment(data, perturbation_key, control, context_key=context_key,
+                          batch_key=batch_key, layer=layer, backed=backed, min_cells=min_cells,
+                          drop_small_groups=drop_small_groups, exclude=labels)
+    counts = exp.meta.get("excluded", {})
+    if announce and counts:
+        for label in (x for x, n in counts.items() if n == 0):
+            warnings.warn(f"--exclude {label}: no cell of --perturbation-key "
+                          f"{perturbation_key!r} has that label, so nothing was dropped for "
+                          f"it.{suggest(label, exp.perturbation_names())}", stacklevel=2)
+        dropped = {x: n for x, n in counts.items() if n}
+        if dropped:
+            err.print(f"excluded {sum(dropped.values())} cells labelled "
+                      f"{', '.join(dropped)}")
+    return exp
 
 
 def _obs_columns(path: Path) -> list[str]:

@@ -158,7 +158,7 @@ def atlas(
     m = PerturbationModel.load(model_dir)
     k = m.keys
     exp = _read(data, k["perturbation_key"], k["control"], k["context_key"], None, layer,
-                backed, min_cells=1)
+                backed, min_cells=1, exclude=k.get("exclude"), announce=False)
     perts = parse_names(perturbations, m.vocabulary, "perturbations")
     ctxs = parse_names(contexts, sorted(set(exp.contexts[exp.is_control])), "contexts")
     scorer = read_target(rank_by, max_cells=target_cells, seed=m.seed,

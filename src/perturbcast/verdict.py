@@ -30,7 +30,9 @@ def matched_best_baseline(summary: pd.DataFrame, baselines: Collection[str],
 
     Eligible: baselines that take no gene table, or whose table equals ``model``'s (``model``
     None: equals any learned model's; all baselines when no learned model has a table). Ties
-    (e.g. nobody beats cell_mean) go to cell_mean, then to the higher pearson_delta.
+    (e.g. nobody beats cell_mean) go to cell_mean, then to the higher pearson_delta, then to
+    the simpler model (earlier in ``baselines``; e.g. context_mean over additive where there
+    are no combinations and they predict the same), whatever the row order.
     """
     tables = {r["model"]: _table(r.get("embeddings")) for r in summary.to_dict("records")}
     if model is not None:
@@ -42,9 +44,11 @@ def matched_best_baseline(summary: pd.DataFrame, baselines: Collection[str],
         base = base[[tables[m] is None or tables[m] in wanted for m in base.model]]
     if base.empty:
         return None
+    order = list(baselines)
     base = base.assign(is_ref=base.model == REFERENCE_MODEL,
-                       pd_=base.pearson_delta.fillna(-np.inf))
-    return str(base.sort_values(["score", "is_ref", "pd_"]).model.iloc[-1])
+                       pd_=base.pearson_delta.fillna(-np.inf),
+                       simpler=[-order.index(m) for m in base.model])
+    return str(base.sort_values(["score", "is_ref", "pd_", "simpler"]).model.iloc[-1])
 
 
 #: The metrics besides the VCC score that a win must not give up (the field reads them too):

@@ -45,7 +45,9 @@ def read_experiment(
     separator : joins singles of a combination
     min_cells : fail when a (perturbation, context) group has fewer cells ...
     drop_small_groups : ... unless this is set, which drops those cells instead
-    exclude : perturbation labels to drop before anything else (e.g. 'unassigned')
+    exclude : perturbation labels to drop before anything else (e.g. 'unassigned'); the
+        cells dropped per label are in ``exp.meta["excluded"]`` (0: no cell had the label),
+        and a model fitted on ``exp`` saves the labels so predicting drops them too
     n_top_genes : keep only this many highly variable genes (targets always kept), ranked on
         all cells; to rank on a fold's training cells use ``select_genes(exp, n, mask=...)``
     input_scale : override the detected scale ('counts', 'log1p', 'normalized')
@@ -80,7 +82,9 @@ def read_experiment(
     validate.check_unique_names(adata)
     validate.check_not_empty(adata)
 
-    keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
+    exclude = [str(x) for x in exclude]
+    excluded = validate.check_exclude(labels, perturbation_key, control, exclude)
+    keep = ~np.isin(labels, exclude) if exclude else np.ones(adata.n_obs, bool)
     validate.check_unassigned(labels, perturbation_key, exclude)
     contexts = (
         obs[context_key].astype(str).to_numpy()
@@ -127,6 +131,8 @@ def read_experiment(
         separator=separator,
         input_scale=scale,
     )
+    if exclude:
+        exp.meta["excluded"] = excluded  # label -> cells dropped; a model saves the labels
     recorded = read_normalization(adata.uns)
     if scale == "log1p" and recorded is not None and recorded["log1p"]:
         exp.meta["normalization"] = recorded  # a file perturbcast normalised before

@@ -41,7 +41,9 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
     validate.check_control(labels, control, perturbation_key)
     contexts = (str_labels(obs[context_key]) if context_key
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
-    keep = ~np.isin(labels, list(exclude)) if exclude else np.ones(adata.n_obs, bool)
+    exclude = [str(x) for x in exclude]
+    excluded = validate.check_exclude(labels, perturbation_key, control, exclude)
+    keep = ~np.isin(labels, exclude) if exclude else np.ones(adata.n_obs, bool)
     validate.check_unassigned(labels, perturbation_key, exclude)
     if drop_small_groups and min_cells > 1:
         size = validate.group_sizes(labels, contexts)
@@ -51,7 +53,8 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
                      context_key=context_key, batch_key=batch_key, separator=separator,
                      input_scale="log1p", matrix=matrix,
                      meta={"store": str(matrix.path), "store_normalization":
-                           info["normalization"]})
+                           info["normalization"], **({"excluded": excluded} if exclude
+                                                     else {})})
     if not keep.all():
         exp = exp.subset(keep)
     if n_top_genes is not None and n_top_genes < exp.n_genes:

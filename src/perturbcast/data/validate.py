@@ -52,6 +52,16 @@ def check_control(labels: np.ndarray, control: str, key: str) -> None:
         )
 
 
+def check_exclude(labels: np.ndarray, key: str, control: str, exclude=()) -> dict[str, int]:
+    """Refuse excluding the control label; return each excluded label's number of cells (0: no
+    cell has it, which the command line announces as a likely typo)."""
+    if control in exclude:
+        raise InputError(f"exclude={list(exclude)!r} names the control label {control!r} of "
+                         f"obs[{key!r}]; the controls are every prediction's starting point, "
+                         f"so keep them.")
+    return {str(x): int(np.count_nonzero(labels == x)) for x in exclude}
+
+
 def check_unassigned(labels: np.ndarray, key: str, exclude=()) -> None:
     """Announce cells labelled like guide-calling leftovers (:data:`UNASSIGNED`), which would
     otherwise be trained on as a perturbation of that name without a word (labels in
@@ -62,8 +72,9 @@ def check_unassigned(labels: np.ndarray, key: str, exclude=()) -> None:
         n = int(np.isin(labels, odd).sum())
         warnings.warn(f"obs[{key!r}]: {n} cells are labelled {preview(odd, 5)}, read as a "
                       f"perturbation of that name; if they are cells without one assigned "
-                      f"perturbation, drop them before loading (read_experiment(..., "
-                      f"exclude={odd[:5]!r})).", stacklevel=3)
+                      f"perturbation, drop them on reading (--exclude {','.join(odd[:5])} on "
+                      f"the command line; read_experiment(..., exclude={odd[:5]!r})).",
+                      stacklevel=3)
 
 
 def check_unique_names(adata) -> None:

@@ -16,7 +16,7 @@ from .baselines import (
 from .blend_baseline import BlendBaseline
 from .gene_baselines import KnnBaseline, LinearBaseline
 from .incontext import InContextModel
-from .param_types import check_param_types
+from .param_types import check_param_ranges, check_param_types
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
@@ -44,10 +44,13 @@ def get_model(name: str, **params) -> PerturbationModel:
 
 
 def check_params(name: str, params: dict) -> dict:
-    """``params`` for model ``name`` with each value's kind checked against its default's (see
-    :mod:`~perturbcast.models.param_types`); call it before reading data to fail early."""
+    """``params`` for model ``name`` with each value's kind checked against its default's, and
+    each number's range (see :mod:`~perturbcast.models.param_types`); call it before reading
+    data to fail early."""
     cls = get_model_class(name)
-    return check_param_types(name, params, cls.param_defaults(), cls.loose_params)
+    checked = check_param_types(name, params, cls.param_defaults(), cls.loose_params)
+    check_param_ranges(name, checked, cls.param_defaults())
+    return checked
 
 
 __all__ = ["BASELINES", "MODELS", "PerturbationModel", "check_params", "get_model",

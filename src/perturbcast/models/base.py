@@ -27,6 +27,7 @@ from ..data.labels import canonical_label
 from ..data.preprocess import uns_record
 from ..errors import InputError, preview, suggest
 from ..utils import atomic_path, json_text
+from .param_types import check_param_ranges
 from .prediction_rules import clip_keep_mean, context_control_mean
 
 Condition = tuple[str, str]
@@ -54,6 +55,7 @@ class PerturbationModel(ABC):
     name: ClassVar[str] = "base"
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
+        check_param_ranges(self.name, params, self.param_defaults())
         self.seed = seed
         self.params = params
         self.genes: np.ndarray | None = None
@@ -98,7 +100,8 @@ class PerturbationModel(ABC):
                                              .drop_duplicates().to_numpy().tolist()))
         self.keys = {"perturbation_key": exp.perturbation_key, "control": exp.control,
                      "context_key": exp.context_key, "batch_key": exp.batch_key,
-                     "separator": exp.separator, "normalization": exp.normalization}
+                     "separator": exp.separator, "normalization": exp.normalization,
+                     "exclude": list(exp.meta.get("excluded", {}))}
         self._fit(exp, mask)
         return self
 

@@ -60,7 +60,8 @@ def experiment_like(model: InContextModel, data: Experiment | ad.AnnData,
         if ckey:
             obs[ckey] = data.obs[ckey].to_numpy()
         data = ad.AnnData(X=data.X, obs=obs, var=pd.DataFrame(index=data.var_names))
-    return read_experiment(data, pkey, k["control"], context_key=ckey, min_cells=1)
+    return read_experiment(data, pkey, k["control"], context_key=ckey, min_cells=1,
+                           exclude=k.get("exclude", ()))
 
 
 def _filtered(exp: Experiment, prompt_filter: dict[str, object] | None) -> Experiment:

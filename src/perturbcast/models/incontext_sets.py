@@ -173,8 +173,9 @@ class PromptSource:
         if not rule:
             known = set(self.perts[non_ctrl])
             hint = "" if pert in known else suggest(pert, sorted(known))
+            then = " If it is a new perturbation, pass" if hint else " Pass"
             raise InputError(f"no prompt cells for perturbation {pert!r} (context {ctx!r}) in "
-                             f"{self.what}.{hint} Pass prompt= (--prompt FILE) with cells of "
+                             f"{self.what}.{hint}{then} prompt= (--prompt FILE) with cells of "
                              f"it.")
         if not self.ctrl_idx.size:
             raise InputError(f"{self.what} has no control cells; the prompt needs controls "

@@ -73,6 +73,7 @@ from ..train.lightning import train_network
 from ..utils import seed_everything
 from .base import PerturbationModel
 from .fallback import BaseFallback
+from .param_types import check_loose_kinds
 from .perturbation_features import PerturbationFeatures
 from .set_data import prepare, training_budget
 from .set_ensemble import combine_members, member_resume
@@ -127,6 +128,7 @@ class SetModel(SetModelState, BaseFallback, PerturbationModel):
         self._init_fallback()
         if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
             self.params["max_epochs"] = None
+        check_loose_kinds(self.name, self.params)
         if int(self.params["n_seeds"]) < 1:
             raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
