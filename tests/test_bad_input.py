@@ -107,7 +107,7 @@ TRAIN_CASES = [
     # a number out of its range or not finite: one line before any fitting (was accepted, and
     # inf was saved as null in config.json)
     ("param-negative-lr", None, ["--model", "transition", "--param", "lr=-0.1"],
-     "transition: lr=-0.1 is out of range (a finite number above 0); e.g. --param lr=0.001"),
+     "transition: lr=-0.1 is out of range (a finite number at least 0); e.g. --param lr=0.001"),
     ("param-infinite", None, ["--model", "flow", "--param", "memory_budget_gb=Infinity"],
      "memory_budget_gb=inf is out of range"),
     ("param-fraction", None, ["--model", "transition", "--param", "val_fraction=1"],
@@ -115,7 +115,7 @@ TRAIN_CASES = [
     ("param-max-epochs-text", None, ["--model", "transition", "--param", "max_epochs=abc"],
      "max_epochs='abc' is not a number or none"),
     ("param-devices-text", None, ["--model", "transition", "--param", "devices=two"],
-     "devices='two' is not a whole number or auto"),
+     "devices='two' is not auto, a whole number of processes per node"),
 ]
 
 
@@ -359,8 +359,11 @@ def test_existing_folder_outputs_refused_before_any_work(command, files, tmp_pat
     assert (out / "report.html").read_text() == "mine"
 
 
-@pytest.mark.parametrize("value, message", [("max_steps=abc", "max_steps='abc' is not an integer"),
-                                            ("ridge=-1", "ridge=-1 is out of range")])
+@pytest.mark.parametrize("value, message", [
+    ("max_steps=abc", "max_steps='abc' is not an integer"),
+    ("ridge=-1", "ridge=-1 is out of range"),
+    ("max_epochs=abc", "max_epochs='abc' is not a number or none"),
+    ("devices=two", "devices='two' is not auto")])
 def test_a_wrong_kind_of_value_fails_before_the_data_is_read(value, message, tmp_path, capsys):
     model = "linear" if value.startswith("ridge") else "transition"
     for command in (["train", "--model", model, "--out", str(tmp_path / "m")],

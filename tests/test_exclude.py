@@ -90,3 +90,19 @@ def test_read_experiment_counts_what_it_excluded(with_unassigned):
     exp = read_experiment(path, "perturbation", "control", exclude=["unassigned", "absent"])
     assert exp.meta["excluded"] == {"unassigned": n, "absent": 0}
     assert not np.isin(exp.perturbations, ["unassigned"]).any()
+
+
+def test_exclude_labels_are_read_like_the_file_labels(with_unassigned):
+    """None, one string, and labels with stray whitespace or a control component are compared
+    in canonical form, as the file's labels are (' unassigned' dropped nothing before)."""
+    from perturbcast import InputError, read_experiment
+
+    path, n = with_unassigned
+    for exclude, counted in ((None, {}), ((), {}), ("unassigned", {"unassigned": n}),
+                             ([" unassigned "], {"unassigned": n}),
+                             (["unassigned+control"], {"unassigned": n})):
+        exp = read_experiment(path, "perturbation", "control", exclude=exclude)
+        assert exp.meta.get("excluded", {}) == counted, exclude
+        assert ("unassigned" in exp.perturbation_names()) == (not counted)
+    with pytest.raises(InputError, match="names the control label 'control'"):
+        read_experiment(path, "perturbation", "control", exclude=[" control"])

@@ -60,7 +60,8 @@ def test_numbers_out_of_range_are_refused_when_the_model_is_made():
     from perturbcast.models import MODELS
     from perturbcast.models.param_types import RANGES
 
-    for bad in ({"lr": 0}, {"lr": float("inf")}, {"lr": float("nan")}, {"max_epochs": -1},
+    for bad in ({"lr": -1e-3}, {"lr": float("inf")}, {"depth": 10**400}, {"lr": float("nan")},
+                {"max_epochs": -1},
                 {"context_dropout": 1.0}, {"memory_budget_gb": float("inf")}, {"depth": 0},
                 {"shrink": 1.5}, {"inner_folds": 1}):
         for make in (lambda kw: get_model("transition", **kw),
@@ -73,8 +74,35 @@ def test_numbers_out_of_range_are_refused_when_the_model_is_made():
     # every model's defaults are inside the ranges, and the edges that are allowed are taken
     for cls in MODELS.values():
         cls()
-    get_model("transition", max_steps=0, val_fraction=0.0, max_epochs="none", shrink=0)
+    get_model("transition", max_steps=0, val_fraction=0.0, max_epochs="none", shrink=0, lr=0)
+    for devices in (1, -1, "auto", "0,1", [0, 1]):  # what Lightning takes
+        get_model("flow", devices=devices)
+    for devices in ("two", 0, -2, [], True):
+        with pytest.raises(InputError, match="devices=.* is not auto, a whole number"):
+            get_model("flow", devices=devices)
     assert set(RANGES) <= {k for c in MODELS.values() for k in c.param_defaults()}
+
+
+def test_a_saved_model_loads_whatever_the_ranges_are_now(tmp_path):
+    """Ranges govern fitting: a config saved before a range existed still loads (only making
+    a model to fit refuses the value)."""
+    import json
+
+    from perturbcast import InputError, PerturbationModel, get_model
+    from perturbcast.data import read_experiment
+    from perturbcast.datasets import simulate
+
+    exp = read_experiment(simulate(n_genes=20, n_singles=3, n_combos=0, n_contexts=1,
+                                   cells_per_condition=6, control_cells=12, seed=0),
+                          "perturbation", "control")
+    get_model("linear").fit(exp).save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["params"]["ridge"] = -1.0  # out of today's range
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    model = PerturbationModel.load(tmp_path / "m")
+    assert model.params["ridge"] == -1.0
+    with pytest.raises(InputError, match="ridge=-1.0 is out of range"):
+        type(model)(**model.params)
 
 
 def test_whole_number_floats_are_integers():

@@ -195,7 +195,8 @@ def train(
     from .models import get_model_class
     from .train.distributed import global_rank
 
-    dist = {"devices": int(devices) if devices.isdigit() else devices, "num_nodes": num_nodes,
+    whole = devices.removeprefix("-").isdigit()
+    dist = {"devices": int(devices) if whole else devices, "num_nodes": num_nodes,
             "strategy": strategy, "precision": precision}
     if "devices" not in get_model_class(model).param_names():
         if dist != {"devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "auto"}:

@@ -93,7 +93,8 @@ def _read(data, perturbation_key, control, context_key, batch_key, layer, backed
     from .data import read_experiment
     from .errors import suggest
 
-    labels = [x.strip() for item in exclude or [] for x in str(item).split(",") if x.strip()]
+    labels = (list(exclude or []) if not announce else  # a model's saved labels: as saved
+              [x.strip() for item in exclude or [] for x in str(item).split(",") if x.strip()])
     exp = read_experiment(data, perturbation_key, control, context_key=context_key,
                           batch_key=batch_key, layer=layer, backed=backed, min_cells=min_cells,
                           drop_small_groups=drop_small_groups, exclude=labels)

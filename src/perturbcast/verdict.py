@@ -8,7 +8,7 @@ learned model got would make the comparison unfair.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,7 @@ def _table(value) -> str | None:
     return str(value)
 
 
-def matched_best_baseline(summary: pd.DataFrame, baselines: Collection[str],
+def matched_best_baseline(summary: pd.DataFrame, baselines: Sequence[str],
                           model: str | None = None) -> str | None:
     """The baseline with the highest VCC score among the eligible ones.
 
@@ -72,7 +72,7 @@ def worse_on(s: pd.DataFrame, model: str, baseline: str) -> list[str]:
     return out
 
 
-def compare_to_baselines(summary: pd.DataFrame, baselines: Collection[str]) -> pd.DataFrame:
+def compare_to_baselines(summary: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
     """One row per learned model: its VCC score, its best matched baseline's, the difference,
     the seed spread (sd of the model's score over seeds; NaN with one seed), whether the
     difference exceeds that spread (None when not measured), and the side metrics
@@ -139,7 +139,7 @@ def bases_not_run(summary: pd.DataFrame, fits: pd.DataFrame | None, model: str) 
             f"base's, not the network's: add {','.join(missing)} to --models.")
 
 
-def verdict_line(summary: pd.DataFrame, baselines: Collection[str],
+def verdict_line(summary: pd.DataFrame, baselines: Sequence[str],
                  fits: pd.DataFrame | None = None) -> str:
     """A plain-words verdict, e.g. ``transition beats the best baseline additive by +0.120 VCC
     score (seed spread ±0.030 over 3 seeds; the difference exceeds it)``; with ``fits`` (the

@@ -28,7 +28,7 @@ def read_experiment(
     separator: str = "+",
     min_cells: int = 3,
     drop_small_groups: bool = False,
-    exclude: Sequence[str] = (),
+    exclude: str | Sequence[str] | None = (),
     n_top_genes: int | None = None,
     input_scale: Scale | None = None,
 ) -> Experiment:
@@ -82,10 +82,9 @@ def read_experiment(
     validate.check_unique_names(adata)
     validate.check_not_empty(adata)
 
-    exclude = [str(x) for x in exclude]
-    excluded = validate.check_exclude(labels, perturbation_key, control, exclude)
-    keep = ~np.isin(labels, exclude) if exclude else np.ones(adata.n_obs, bool)
-    validate.check_unassigned(labels, perturbation_key, exclude)
+    keep, excluded = validate.excluded_cells(labels, perturbation_key, control, separator,
+                                             exclude)
+    validate.check_unassigned(labels, perturbation_key, list(excluded))
     contexts = (
         obs[context_key].astype(str).to_numpy()
         if context_key
@@ -97,7 +96,7 @@ def read_experiment(
         ).transform("size").to_numpy()
         keep &= grp >= min_cells
         # control cells are never dropped for being few: they are reference, not a group
-        keep |= (labels == control) & ~np.isin(labels, list(exclude))
+        keep |= (labels == control)  # (never excluded: refused above)
     validate.check_group_sizes(labels[keep], contexts[keep], min_cells, perturbation_key)
     if not keep.all():
         adata = adata[keep]
@@ -131,7 +130,7 @@ def read_experiment(
         separator=separator,
         input_scale=scale,
     )
-    if exclude:
+    if excluded:
         exp.meta["excluded"] = excluded  # label -> cells dropped; a model saves the labels
     recorded = read_normalization(adata.uns)
     if scale == "log1p" and recorded is not None and recorded["log1p"]:

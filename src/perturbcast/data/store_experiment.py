@@ -16,7 +16,7 @@ from .store import open_store
 def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
                control: str | None = None, context_key: str | None = None,
                batch_key: str | None = None, separator: str = "+", min_cells: int = 3,
-               drop_small_groups: bool = False, exclude: Sequence[str] = (),
+               drop_small_groups: bool = False, exclude: str | Sequence[str] | None = (),
                n_top_genes: int | None = None) -> Experiment:
     """Open a store (from ``perturbcast convert``) as an Experiment; nothing is loaded densely.
 
@@ -41,10 +41,9 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
     validate.check_control(labels, control, perturbation_key)
     contexts = (str_labels(obs[context_key]) if context_key
                 else np.full(adata.n_obs, NO_CONTEXT, dtype=object))
-    exclude = [str(x) for x in exclude]
-    excluded = validate.check_exclude(labels, perturbation_key, control, exclude)
-    keep = ~np.isin(labels, exclude) if exclude else np.ones(adata.n_obs, bool)
-    validate.check_unassigned(labels, perturbation_key, exclude)
+    keep, excluded = validate.excluded_cells(labels, perturbation_key, control, separator,
+                                             exclude)
+    validate.check_unassigned(labels, perturbation_key, list(excluded))
     if drop_small_groups and min_cells > 1:
         size = validate.group_sizes(labels, contexts)
         keep &= (size >= min_cells) | (labels == control)
@@ -53,7 +52,7 @@ def read_store(path: str | os.PathLike, perturbation_key: str | None = None,
                      context_key=context_key, batch_key=batch_key, separator=separator,
                      input_scale="log1p", matrix=matrix,
                      meta={"store": str(matrix.path), "store_normalization":
-                           info["normalization"], **({"excluded": excluded} if exclude
+                           info["normalization"], **({"excluded": excluded} if excluded
                                                      else {})})
     if not keep.all():
         exp = exp.subset(keep)

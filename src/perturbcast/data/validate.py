@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError, preview, suggest
+from .labels import canonical_label
 
 
 def check_obs_column(obs: pd.DataFrame, key: str | None, option: str) -> None:
@@ -52,14 +54,34 @@ def check_control(labels: np.ndarray, control: str, key: str) -> None:
         )
 
 
-def check_exclude(labels: np.ndarray, key: str, control: str, exclude=()) -> dict[str, int]:
-    """Refuse excluding the control label; return each excluded label's number of cells (0: no
-    cell has it, which the command line announces as a likely typo)."""
-    if control in exclude:
+def excluded_cells(labels: np.ndarray, key: str, control: str, separator: str,
+                   exclude: str | Sequence[str] | None) -> tuple[np.ndarray, dict[str, int]]:
+    """Cells to keep after dropping the ``exclude`` labels, and each excluded label's number
+    of cells (0: no cell has it). Labels are compared in canonical form (whitespace stripped,
+    control components dropped), as a file's labels are read; excluding the control label is
+    refused.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (n_cells,)
+    counts : {canonical excluded label: cells dropped}
+    """
+    if exclude is None:
+        exclude = ()
+    wanted = [canonical_label(x, separator, control)
+              for x in ([exclude] if isinstance(exclude, str) else exclude)]
+    if control in wanted:
         raise InputError(f"exclude={list(exclude)!r} names the control label {control!r} of "
                          f"obs[{key!r}]; the controls are every prediction's starting point, "
                          f"so keep them.")
-    return {str(x): int(np.count_nonzero(labels == x)) for x in exclude}
+    if not wanted:
+        return np.ones(len(labels), bool), {}
+    sizes = pd.Series(labels).value_counts()
+    canon = {u: canonical_label(u, separator, control) for u in map(str, sizes.index)}
+    counts = {w: int(sum(n for u, n in zip(map(str, sizes.index), sizes.to_numpy(), strict=True)
+                         if canon[u] == w)) for w in wanted}
+    drop = [u for u in sizes.index if canon[str(u)] in counts]
+    return ~np.isin(labels, drop), counts
 
 
 def check_unassigned(labels: np.ndarray, key: str, exclude=()) -> None:
@@ -70,9 +92,10 @@ def check_unassigned(labels: np.ndarray, key: str, exclude=()) -> None:
            if v not in exclude and v.strip().lower().replace(" ", "_") in UNASSIGNED]
     if odd:
         n = int(np.isin(labels, odd).sum())
+        option = _shell(",".join(odd[:5]))
         warnings.warn(f"obs[{key!r}]: {n} cells are labelled {preview(odd, 5)}, read as a "
                       f"perturbation of that name; if they are cells without one assigned "
-                      f"perturbation, drop them on reading (--exclude {','.join(odd[:5])} on "
+                      f"perturbation, drop them on reading (--exclude {option} on "
                       f"the command line; read_experiment(..., exclude={odd[:5]!r})).",
                       stacklevel=3)
 
@@ -207,3 +230,8 @@ def check_label_text(labels: np.ndarray, separator: str, key: str) -> None:
                 stacklevel=3,
             )
             return
+
+
+def _shell(text: str) -> str:
+    """``text`` quoted for a shell command line when it holds spaces or quotes."""
+    return repr(text) if any(c in text for c in " '\"") else text

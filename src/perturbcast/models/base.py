@@ -27,7 +27,7 @@ from ..data.labels import canonical_label
 from ..data.preprocess import uns_record
 from ..errors import InputError, preview, suggest
 from ..utils import atomic_path, json_text
-from .param_types import check_param_ranges
+from .param_types import check_param_ranges, loading_saved, saved_params
 from .prediction_rules import clip_keep_mean, context_control_mean
 
 Condition = tuple[str, str]
@@ -55,7 +55,8 @@ class PerturbationModel(ABC):
     name: ClassVar[str] = "base"
 
     def __init__(self, seed: int = 0, **params: Any) -> None:
-        check_param_ranges(self.name, params, self.param_defaults())
+        if not loading_saved():
+            check_param_ranges(self.name, params, self.param_defaults())
         self.seed = seed
         self.params = params
         self.genes: np.ndarray | None = None
@@ -214,7 +215,8 @@ class PerturbationModel(ABC):
             raise InputError(f"{path} is not a saved perturbcast model (no config.json).")
         config = json.loads(cfg_file.read_text())
         model_cls = get_model_class(config["model"])
-        model = model_cls(seed=config["seed"], **config["params"])
+        with saved_params():  # ranges govern fitting: a model saved under older rules loads
+            model = model_cls(seed=config["seed"], **config["params"])
         model.genes = np.asarray(config["genes"], dtype=object)
         model.vocabulary = list(config["vocabulary"])
         model.contexts = list(config["contexts"])

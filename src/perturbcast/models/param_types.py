@@ -15,7 +15,9 @@ write.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -23,17 +25,44 @@ import numpy as np
 from ..errors import InputError
 
 #: (low, high, low_open, high_open) per parameter name, shared by every model that has it;
-#: None: unbounded on that side. Unlisted numeric parameters: at least 0 (``k`` and
-#: ``inner_folds`` are checked further by their models, with their own messages).
+#: None: unbounded on that side. Unlisted numeric parameters: at least 0 (``lr=0`` freezes a
+#: network; ``k`` and ``inner_folds`` are checked further by their models, with their own
+#: messages; ``devices`` by :func:`check_loose_kinds`).
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    **dict.fromkeys(("lr", "max_epochs"), (0, None, True, False)),
     **dict.fromkeys(("depth", "dim", "n_heads", "n_sets", "set_size", "steps", "n_latent",
                      "n_components", "n_modules", "n_prompt", "bank_cells", "bank_controls",
-                     "val_every", "num_nodes", "n_seeds", "devices"),
+                     "val_every", "num_nodes", "n_seeds"),
                     (1, None, False, False)),
     **dict.fromkeys(("context_dropout", "learned_dropout", "val_fraction"), (0, 1, False, True)),
     **dict.fromkeys(("mask_min", "mask_max", "shrink"), (0, 1, False, False)),
 }
+
+
+_LOADING = ContextVar("perturbcast_loading_saved", default=False)
+
+
+@contextmanager
+def saved_params() -> Iterator[None]:
+    """Within it, models are made from a saved config: ranges are not checked (they govern
+    fitting, and a model saved before a range was added must still load and predict)."""
+    token = _LOADING.set(True)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
+
+
+def loading_saved() -> bool:
+    """True inside :func:`saved_params`."""
+    return _LOADING.get()
+
+
+def _as_float(value: numbers.Real) -> float:
+    """``float(value)``; inf for an integer too large for a float (10**400)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
 
 
 def _range_text(low, high, low_open, high_open) -> str:
@@ -41,18 +70,17 @@ def _range_text(low, high, low_open, high_open) -> str:
         return f"{'above' if low_open else 'at least'} {low:g}"
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
-
-
 def check_param_ranges(who: str, params: Mapping[str, Any],
                        defaults: Mapping[str, Any]) -> None:
     """Raise a one-line :class:`InputError` for the first numeric value that is not finite or
     outside its range (:data:`RANGES`); text, None, bools and lists are left to the model.
     The message suggests the parameter's default from ``defaults``."""
     for key, value in params.items():
-        if (isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real)):
+        if (isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real)
+                or key == "devices"):
             continue
         low, high, low_open, high_open = RANGES.get(key, (0, None, False, False))
-        v = float(value)
+        v = _as_float(value)
         ok = (np.isfinite(v) and (v > low if low_open else v >= low)
               and (high is None or (v < high if high_open else v <= high)))
         if not ok:
@@ -85,7 +113,7 @@ def check_param_types(who: str, params: Mapping[str, Any], defaults: Mapping[str
         types, words = kind
         is_bool = isinstance(value, bool | np.bool_)
         if (numbers.Integral in types and not is_bool and isinstance(value, numbers.Real)
-                and np.isfinite(value) and float(value).is_integer()):
+                and _as_float(value).is_integer()):
             out[key] = int(value)
             continue
         if not isinstance(value, types) or (is_bool and bool not in types):
@@ -95,14 +123,34 @@ def check_param_types(who: str, params: Mapping[str, Any], defaults: Mapping[str
     return out
 
 
-def check_loose_kinds(who: str, params: Mapping[str, Any]) -> None:
-    """The set models' two loose parameters: ``max_epochs`` a number or None (``none``), and
-    ``devices`` a whole number or ``auto`` (their ranges are in :data:`RANGES`)."""
-    epochs, devices = params["max_epochs"], params["devices"]
+def check_loose_kinds(who: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The set models' two loose parameters, checked before any work: ``max_epochs`` a number
+    or None (``none``/``null`` from ``--param`` become None; its range is in :data:`RANGES`),
+    and ``devices`` what Lightning takes: ``auto``, a whole number (-1: all), a list of device
+    indices or their comma-separated text (``0,1``). Returns ``params`` with ``max_epochs``
+    normalised."""
+    out = dict(params)
+    epochs = out.get("max_epochs")
+    if str(epochs).lower() in ("none", "null"):
+        out["max_epochs"] = epochs = None
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Real)):
         raise InputError(f"{who}: max_epochs={epochs!r} is not a number or none; e.g. --param "
                          "max_epochs=150 (none: max_steps alone bounds the training).")
-    if str(devices).lower() != "auto" and (isinstance(devices, bool)
-                                           or not isinstance(devices, numbers.Integral)):
-        raise InputError(f"{who}: devices={devices!r} is not a whole number or auto; e.g. "
-                         "--param devices=2 (processes per node) or devices=auto (all GPUs).")
+    if "devices" in out and not _is_devices(out["devices"]):
+        raise InputError(f"{who}: devices={out['devices']!r} is not auto, a whole number of "
+                         "processes per node (-1: all) or device indices like 0,1; e.g. "
+                         "--devices 2.")
+    return out
+
+
+def _is_devices(value: Any) -> bool:
+    def whole(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if whole(value):
+        return value >= 1 or value == -1
+    if isinstance(value, list | tuple):
+        return bool(value) and all(whole(v) and v >= 0 for v in value)
+    text = str(value).strip().lower()
+    return text == "auto" or (bool(text) and all(part.strip().isdigit()
+                                                  for part in text.rstrip(",").split(",")))

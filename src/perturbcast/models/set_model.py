@@ -126,9 +126,7 @@ class SetModel(SetModelState, BaseFallback, PerturbationModel):
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
         self._init_fallback()
-        if str(self.params["max_epochs"]).lower() in ("none", "null"):  # from --param
-            self.params["max_epochs"] = None
-        check_loose_kinds(self.name, self.params)
+        self.params = check_loose_kinds(self.name, self.params)
         if int(self.params["n_seeds"]) < 1:
             raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
         self.net: ConditionalSetNet | None = None
