@@ -37,7 +37,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     **dict.fromkeys(("mask_min", "mask_max", "shrink"), (0, 1, False, False)),
 }
 
-
 _LOADING = ContextVar("perturbcast_loading_saved", default=False)
 
 
@@ -69,6 +68,7 @@ def _range_text(low, high, low_open, high_open) -> str:
     if high is None:
         return f"{'above' if low_open else 'at least'} {low:g}"
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
 
 def check_param_ranges(who: str, params: Mapping[str, Any],
                        defaults: Mapping[str, Any]) -> None:
