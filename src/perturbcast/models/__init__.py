@@ -16,7 +16,7 @@ from .baselines import (
 from .blend_baseline import BlendBaseline
 from .gene_baselines import KnnBaseline, LinearBaseline
 from .incontext import InContextModel
-from .param_types import check_loose_kinds, check_param_ranges, check_param_types
+from .param_types import check_param_ranges, check_param_types
 from .set_flow import FlowModel, TransitionModel
 
 MODELS: dict[str, type[PerturbationModel]] = {
@@ -48,9 +48,8 @@ def check_params(name: str, params: dict) -> dict:
     each number's range (see :mod:`~perturbcast.models.param_types`); call it before reading
     data to fail early."""
     cls = get_model_class(name)
-    checked = check_param_types(name, params, cls.param_defaults(), cls.loose_params)
-    if {"max_epochs", "devices"} & set(checked):
-        checked = check_loose_kinds(name, checked)
+    checked = cls.check_loose(check_param_types(name, params, cls.param_defaults(),
+                                                cls.loose_params))
     check_param_ranges(name, checked, cls.param_defaults())
     return checked
 

@@ -71,8 +71,14 @@ class PerturbationModel(ABC):
         """Names of the parameters this model takes (``--param KEY=VALUE``, ``get_model``)."""
         return tuple(cls.param_defaults())
 
-    #: parameters that take more than one kind of value (checked by the model itself)
+    #: parameters that take more than one kind of value (checked by :meth:`check_loose`)
     loose_params: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_loose(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the loose parameters checked and normalised, before any work (a
+        model with loose parameters that :meth:`__init__` does not check overrides this)."""
+        return params
 
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def check_loose_kinds(who: str, params: Mapping[str, Any]) -> dict[str, Any]:
     normalised."""
     out = dict(params)
     epochs = out.get("max_epochs")
-    if str(epochs).lower() in ("none", "null"):
+    if "max_epochs" in out and str(epochs).lower() in ("none", "null"):
         out["max_epochs"] = epochs = None
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Real)):
         raise InputError(f"{who}: max_epochs={epochs!r} is not a number or none; e.g. --param "

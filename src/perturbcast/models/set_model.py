@@ -115,6 +115,10 @@ class SetModel(SetModelState, BaseFallback, PerturbationModel):
     def param_defaults(cls) -> dict[str, Any]:
         return {**DEFAULTS, **cls.extra_defaults}
 
+    @classmethod
+    def check_loose(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return check_loose_kinds(cls.name, params)
+
     def __init__(self, seed: int = 0, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS) - set(self.extra_defaults)
         if unknown:
@@ -126,9 +130,7 @@ class SetModel(SetModelState, BaseFallback, PerturbationModel):
                 raise InputError(f"{self.name}: {key}={self.params[key]!r} is not one of "
                                  f"{', '.join(map(str, allowed))}.")
         self._init_fallback()
-        self.params = check_loose_kinds(self.name, self.params)
-        if int(self.params["n_seeds"]) < 1:
-            raise InputError(f"{self.name}: n_seeds={self.params['n_seeds']!r}; use 1 or more.")
+        self.params = self.check_loose(self.params)
         self.net: ConditionalSetNet | None = None
         self.members: list[ConditionalSetNet] = []
         self.training_summary: dict[str, Any] = {}
